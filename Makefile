@@ -1,0 +1,29 @@
+# `make repro` and `make test` work on a fresh machine: they create .venv first.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell md5sum requirements.txt | cut -c1-8)
+# Stage commands say `python`: make it the venv's.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install repro test clean-venv
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	@# The machine's pip config names extra local indexes that may be absent; hide that noise.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt 2>&1 \
+	  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+repro: $(STAMP)
+	dvc repro
+
+test: $(STAMP)
+	python -m pytest
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,57 @@
+"""Files the pipeline writes: atomically, so a crash never leaves half a file."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    _atomic(Path(path), lambda f: torch.save(obj, f))
+
+
+def load_torch(path: str | Path) -> Any:
+    # Our own files hold only tensors, dicts and plain values.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    _atomic(Path(path), lambda f: f.write(text.encode()))
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic(Path(path), lambda f: f.write(buf.getvalue().encode()))
+
+
+def file_md5(path: str | Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

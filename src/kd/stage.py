@@ -1,0 +1,88 @@
+"""What every stage script shares: validated params, timing, clear failures."""
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from kd.datasets import DataError
+from kd.device import pick_device, seed_everything
+from kd.files import load_torch, write_json
+from kd.params import Params, ParamsError, load_params
+from kd.paths import METRICS, split_file
+from kd.soft_labels import StaleSoftLabelsError
+from kd.train import DivergedError
+
+# Errors a user can fix; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ParamsError, DataError, DivergedError, StaleSoftLabelsError)
+
+
+@dataclass
+class StageRun:
+    name: str
+    params: Params
+    device: torch.device
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+
+@contextmanager
+def stage(name: str):
+    try:
+        params = load_params()
+        seed_everything(params.seed)
+        run = StageRun(name, params, pick_device())
+        print(f"[{name}] device={run.device.type} torch={torch.__version__}", flush=True)
+        yield run
+    except USER_ERRORS as e:
+        print(f"[{name}] error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    # Wall time lives apart from the accuracy metrics, which must be bit-identical across reruns.
+    write_json(METRICS / "timing" / f"{name}.json", {"seconds": round(run.seconds, 1)})
+    print(f"[{name}] finished in {run.seconds:.1f}s", flush=True)
+
+
+def load_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    blob = load_torch(split_file(split))
+    return blob["x"], blob["y"]
+
+
+def keep_classes(x, y, omit: list[int]):
+    """Drop the omitted classes (the student's transfer set); also returns the mask."""
+    keep = ~torch.isin(y, torch.tensor(omit, dtype=y.dtype))
+    return x[keep], y[keep], keep
+
+
+def train_model(run: StageRun, role: str, cfg, x, y, loss_fn, *, extras=None, config=None) -> None:
+    """Train one model of the pipeline and write its checkpoint, curve and metrics."""
+    from kd.checkpoint import new_model, save_model
+    from kd.files import file_md5, write_csv
+    from kd.paths import model_file
+    from kd.resume import ResumeState, resume_key
+    from kd.train import TensorBatches, fit
+
+    p = run.params
+    model = new_model(cfg.arch, p.data.dataset, dropout=cfg.dropout, input_dropout=cfg.input_dropout)
+    if cfg.amp:
+        model = model.to(memory_format=torch.channels_last)
+    batches = TensorBatches(x, y, cfg.batch_size, p.seed, shift=cfg.jitter, flip=cfg.flip, extras=extras or {})
+    key = resume_key(run.name, {"cfg": cfg.model_dump(), "seed": p.seed, **(config or {})},
+                     {"train": file_md5(split_file("train"))})
+    resume = ResumeState(run.name, key)
+    history = fit(model, batches, load_split("val"), loss_fn, cfg, device=run.device, amp=cfg.amp, resume=resume)
+    save_model(model_file(role), model, arch=cfg.arch, dataset=p.data.dataset,
+               dropout=cfg.dropout, input_dropout=cfg.input_dropout)
+    # Without wall times, so reruns write identical files.
+    write_csv(METRICS / "curves" / f"{role}.csv", [{k: v for k, v in h.items() if k != "seconds"} for h in history])
+    last = history[-1]
+    write_json(METRICS / f"{role}.json", {
+        "val_acc": last["val_acc"], "val_loss": last["val_loss"], "train_acc": last["train_acc"],
+        "epochs": len(history), "train_samples": len(y),
+    })
+    resume.clear()

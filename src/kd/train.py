@@ -1,0 +1,131 @@
+"""The training loop: whole dataset in memory, batches sliced from tensors."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from kd.augment import random_shift
+from kd.device import autocast
+from kd.evaluate import predict
+from kd.params import TrainParams
+from kd.resume import ResumeState
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or inf."""
+
+
+@dataclass
+class TensorBatches:
+    """Shuffled mini-batches of a uint8 image tensor, augmented on the fly.
+
+    Everything random about epoch e (order, shifts, flips) comes from a
+    generator seeded with (seed, e), so a resumed run sees the same batches.
+    """
+    x: torch.Tensor  # uint8 [N, C, H, W]
+    y: torch.Tensor
+    batch_size: int
+    seed: int
+    shift: int = 0
+    flip: bool = False
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-sample targets
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.y) / self.batch_size)
+
+    def epoch(self, epoch: int, device: torch.device):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.y), generator=g)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            x = random_shift(self.x[idx], self.shift, g, self.flip)
+            batch = {"y": self.y[idx].to(device), **{k: v[idx].to(device) for k, v in self.extras.items()}}
+            yield x.to(device, non_blocking=True).float().div_(255), batch
+
+
+def make_optimizer(model: nn.Module, cfg: TrainParams, steps: int):
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                              weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
+    elif cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return opt, sched
+
+
+def fit(
+    model: nn.Module,
+    batches: TensorBatches,
+    val: tuple[torch.Tensor, torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, dict], torch.Tensor],
+    cfg: TrainParams,
+    *,
+    device: torch.device,
+    amp: bool = False,
+    resume: ResumeState | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Train `model` for cfg.epochs; return one dict of metrics per epoch."""
+    model.to(device)
+    opt, sched = make_optimizer(model, cfg, cfg.epochs * len(batches))
+    history: list[dict] = []
+    state = resume.load() if resume else None
+    if state:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history = state["history"]
+        print(f"resuming after epoch {len(history)} from {resume.path}")
+
+    for epoch in range(len(history), cfg.epochs):
+        # Dropout draws from the global RNG: reseed per epoch so resume is exact.
+        torch.manual_seed(batches.seed * 100_003 + epoch)
+        model.train()
+        t0, total, correct, seen = time.perf_counter(), 0.0, 0, 0
+        bar = tqdm(batches.epoch(epoch, device), total=len(batches), leave=False,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None)
+        for step, (x, batch) in enumerate(bar):
+            with autocast(device, amp):
+                logits = model(x)
+            loss = loss_fn(logits.float(), batch)
+            if not torch.isfinite(loss):
+                raise DivergedError(f"loss is {loss.item()} at epoch {epoch + 1}, batch {step + 1}; "
+                                    "lower the learning rate (no checkpoint was written)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            n = len(batch["y"])
+            total += loss.item() * n
+            correct += (logits.argmax(1) == batch["y"]).sum().item()
+            seen += n
+        val_logits = predict(model, val[0], device=device, amp=amp)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": total / seen,
+            "train_acc": correct / seen,
+            "val_loss": torch.nn.functional.cross_entropy(val_logits, val[1]).item(),
+            "val_acc": (val_logits.argmax(1) == val[1]).float().mean().item(),
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(row)
+        print(f"epoch {row['epoch']:3d}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  "
+              f"train_acc {row['train_acc']:.4f}  val_acc {row['val_acc']:.4f}  {row['seconds']:.1f}s",
+              flush=True)
+        if resume:
+            resume.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "scheduler": sched.state_dict(), "history": history})
+        if on_epoch:
+            on_epoch(row)
+    return history

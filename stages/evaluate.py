@@ -1,0 +1,30 @@
+"""Stage evaluate: test-set numbers for teacher, baseline student and distilled student."""
+import _bootstrap  # noqa: F401
+
+from kd.checkpoint import load_model
+from kd.datasets import DATASETS
+from kd.evaluate import confusion_rows, predict, summarize
+from kd.files import write_csv, write_json
+from kd.models import count_params
+from kd.paths import METRICS, model_file
+from kd.stage import load_split, stage
+
+ROLES = ("teacher", "baseline", "student")
+
+with stage("evaluate") as run:
+    p = run.params
+    info = DATASETS[p.data.dataset]
+    x, y = load_split("test")
+    results = {}
+    for role in ROLES:
+        model, _ = load_model(model_file(role))
+        logits = predict(model.to(run.device), x, device=run.device)
+        summary = summarize(logits, y, info.num_classes, p.omit_classes)
+        write_csv(METRICS / "per_class" / f"{role}.csv",
+                  [{"class": info.classes[int(c)], "accuracy": round(a, 4)}
+                   for c, a in summary.pop("per_class_accuracy").items()])
+        results[role] = {**summary, "params": count_params(model)}
+        write_csv(METRICS / "confusion" / f"{role}.csv", confusion_rows(logits, y, info.classes))
+        print(f"{role:9s} test accuracy {summary['accuracy']:.4f} ({summary['errors']} errors)")
+    results["kd_gain"] = results["student"]["accuracy"] - results["baseline"]["accuracy"]
+    write_json(METRICS / "evaluate.json", results)

@@ -1,0 +1,19 @@
+"""Stage prepare: raw data (mirror or download) -> train / val / test uint8 tensors."""
+import _bootstrap  # noqa: F401
+
+from kd.datasets import DATASETS, check_split, split_train_val
+from kd.files import save_torch
+from kd.params import resolve_mirror
+from kd.paths import RAW, split_file
+from kd.stage import stage
+
+with stage("prepare") as run:
+    p = run.params.data
+    info = DATASETS[p.dataset]
+    raw = info.fetch(resolve_mirror(p.mirror), RAW / p.dataset)
+    train, val = split_train_val(*raw["train"], p.val_size, p.split_seed)
+    train = tuple(t[: p.max_train] for t in train)
+    for split, (x, y) in {"train": train, "val": val, "test": raw["test"]}.items():
+        check_split(split, x, y, info)
+        save_torch({"x": x, "y": y}, split_file(split))
+        print(f"{split}: {len(y)} images, {tuple(x.shape[1:])}")

@@ -1,0 +1,14 @@
+"""Stage train_baseline: the student architecture on true labels only.
+
+Reads neither temperature, alpha nor soft labels, so a sweep over them
+never retrains it.
+"""
+import _bootstrap  # noqa: F401
+
+from kd.losses import LOSSES
+from kd.stage import keep_classes, load_split, stage, train_model
+
+with stage("train_baseline") as run:
+    p = run.params
+    x, y, _ = keep_classes(*load_split("train"), p.omit_classes)
+    train_model(run, "baseline", p.student, x, y, LOSSES["ce"], config={"omit": p.omit_classes})
