@@ -2,7 +2,7 @@
 import _bootstrap  # noqa: F401
 
 from kd.datasets import DATASETS, check_split, split_train_val
-from kd.files import save_torch
+from kd.files import save_torch, staged_dir
 from kd.params import resolve_mirror
 from kd.paths import RAW, split_file
 from kd.stage import stage
@@ -10,7 +10,8 @@ from kd.stage import stage
 with stage("prepare") as run:
     p = run.params.data
     info = DATASETS[p.dataset]
-    raw = info.fetch(resolve_mirror(p.mirror), RAW / p.dataset)
+    with staged_dir(RAW / p.dataset) as tmp:  # a failed fetch leaves the old raw data alone
+        raw = info.fetch(resolve_mirror(p.mirror), tmp)
     train, val = split_train_val(*raw["train"], p.val_size, p.split_seed)
     train = tuple(t[: p.max_train] for t in train)
     for split, (x, y) in {"train": train, "val": val, "test": raw["test"]}.items():

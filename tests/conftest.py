@@ -1,7 +1,13 @@
+import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = REPO.parent / "shared" / "datasets"
@@ -23,3 +29,43 @@ def toy_images():
     for c in range(10):
         x[y == c, :, 2 * c + 4 : 2 * c + 6, 4:24] = 255
     return x, y
+
+
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"]
+
+
+def sh(args, cwd, check=True):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{args} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def stages_run(out) -> set[str]:
+    return set(re.findall(r"Running stage '(\w+)'", out.stdout + out.stderr))
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory):
+    """A copy of this repo with tiny params, after one `dvc repro`; returns (path, its output)."""
+    mirror = REPO.parent / "shared" / "datasets"
+    if not (mirror / "mnist").is_dir():
+        pytest.skip("needs the MNIST mirror")
+    proj = tmp_path_factory.mktemp("proj")
+    for name in PROJECT_FILES:
+        src, dst = REPO / name, proj / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, dst)
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["data"].update(mirror=str(mirror), max_train=400, val_size=200)
+    for role in ("teacher", "student"):
+        params[role].update(epochs=2, batch_size=64)
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(["git", "init", "-q", "-b", "main"], proj)
+    sh(["git", "add", "-A"], proj)
+    sh(["git", "commit", "-qm", "init"], proj)
+    first = sh([sys.executable, "-m", "dvc", "repro"], proj)
+    return proj, first

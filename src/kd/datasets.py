@@ -19,6 +19,7 @@ class DataError(RuntimeError):
 @dataclass(frozen=True)
 class DatasetInfo:
     num_classes: int
+    train_size: int  # before the validation split
     shape: tuple[int, int, int]  # C, H, W
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -42,14 +43,15 @@ def fetch_mnist(mirror: Path | None, raw_dir: Path) -> dict[str, tuple[torch.Ten
     target = raw_dir / "MNIST" / "raw"
     if mirror is not None:
         src_dir = mirror / "mnist"
-        target.mkdir(parents=True, exist_ok=True)
-        for name, md5 in MNIST_FILES.items():
+        for name, md5 in MNIST_FILES.items():  # check all before copying any
             src = src_dir / name
             if not src.is_file():
                 raise DataError(f"{src}: missing from the MNIST mirror")
             if file_md5(src) != md5:
                 raise DataError(f"{src}: md5 mismatch (file truncated or altered), expected {md5}")
-            shutil.copyfile(src, target / name)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in MNIST_FILES:
+            shutil.copyfile(src_dir / name, target / name)
     out = {}
     for split, train in (("train", True), ("test", False)):
         try:
@@ -64,6 +66,7 @@ def fetch_mnist(mirror: Path | None, raw_dir: Path) -> dict[str, tuple[torch.Ten
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
         num_classes=10,
+        train_size=60000,
         shape=(1, 28, 28),
         mean=(0.1307,),
         std=(0.3081,),

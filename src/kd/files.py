@@ -6,7 +6,9 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +33,19 @@ def save_torch(obj: Any, path: str | Path) -> None:
     _atomic(Path(path), lambda f: torch.save(obj, f))
 
 
+class InputFileError(RuntimeError):
+    """A file an earlier stage should have written is missing or unreadable."""
+
+
 def load_torch(path: str | Path) -> Any:
-    # Our own files hold only tensors, dicts and plain values.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    # Our own files hold only tensors, dicts and plain values: weights_only is enough.
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputFileError(f"{path}: missing; run `dvc repro` to make it") from None
+    except Exception as e:  # truncated zip, foreign pickle, ...
+        raise InputFileError(f"{path}: unreadable ({type(e).__name__}: {e}); "
+                             "remove it and run `dvc repro` to make it again") from None
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -55,3 +67,17 @@ def file_md5(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextmanager
+def staged_dir(path: str | Path):
+    """Yield an empty temp dir beside `path`; it replaces `path` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

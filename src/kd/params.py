@@ -83,7 +83,11 @@ class Params(_Strict):
 
     @model_validator(mode="after")
     def _classes_exist(self) -> "Params":
-        num_classes = DATASETS[self.data.dataset].num_classes
+        info = DATASETS[self.data.dataset]
+        if self.data.val_size >= info.train_size:
+            raise ValueError(f"data.val_size: {self.data.val_size} leaves no training images "
+                             f"({self.data.dataset} has {info.train_size})")
+        num_classes = info.num_classes
         bad = [c for c in self.omit_classes if not 0 <= c < num_classes]
         if bad:
             raise ValueError(

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 from pathlib import Path
 
-from kd.files import load_torch, save_torch
+from kd.files import InputFileError, load_torch, save_torch
 from kd.params import project_root
 
 
@@ -26,10 +28,21 @@ class ResumeState:
         self.path = (root or project_root()) / ".resume" / f"{stage}-{key}.pt"
 
     def load(self) -> dict | None:
-        return load_torch(self.path) if self.path.exists() else None
+        if not self.path.exists():
+            return None
+        try:
+            return load_torch(self.path)
+        except InputFileError as e:  # a cache: start over rather than fail
+            print(f"warning: ignoring resume state: {e}")
+            self.clear()
+            return None
 
     def save(self, state: dict) -> None:
         save_torch(state, self.path)
+        # Fault injection for the kill-and-resume test: a real SIGKILL right
+        # after epoch N's state is on disk.
+        if os.environ.get("KD_CRASH_AFTER_EPOCH") == str(len(state["history"])):
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

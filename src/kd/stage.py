@@ -10,14 +10,14 @@ import torch
 
 from kd.datasets import DataError
 from kd.device import pick_device, seed_everything
-from kd.files import load_torch, write_json
+from kd.files import InputFileError, load_torch, write_json
 from kd.params import Params, ParamsError, load_params
 from kd.paths import METRICS, split_file
 from kd.soft_labels import StaleSoftLabelsError
 from kd.train import DivergedError
 
 # Errors a user can fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ParamsError, DataError, DivergedError, StaleSoftLabelsError)
+USER_ERRORS = (ParamsError, DataError, DivergedError, StaleSoftLabelsError, InputFileError)
 
 
 @dataclass

@@ -1,0 +1,144 @@
+"""Bad params, data, caches and signals: a clear message, exit code 2, and no
+existing output touched. Each case runs a real stage script on a fresh copy of
+a built tiny project."""
+import runpy
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from conftest import MIRROR
+from kd.datasets import MNIST_FILES
+from kd.files import file_md5
+
+
+@pytest.fixture
+def proj(built_project, tmp_path, monkeypatch):
+    src, _ = built_project
+    dst = tmp_path / "proj"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".git", "cache", "raw", "__pycache__"))
+    monkeypatch.chdir(dst)
+    monkeypatch.syspath_prepend(str(dst / "stages"))  # as `python stages/x.py` would
+    return dst
+
+
+def outputs(proj):
+    return {str(p.relative_to(proj)): file_md5(p)
+            for d in ("models", "data", "metrics") for p in sorted((proj / d).rglob("*")) if p.is_file()}
+
+
+def param(key, value):
+    def edit(proj):
+        path = proj / "params.yaml"
+        params = yaml.safe_load(path.read_text())
+        *parents, leaf = key.split(".")
+        node = params
+        for k in parents:
+            node = node[k]
+        node[leaf] = value
+        path.write_text(yaml.safe_dump(params))
+    return edit
+
+
+def write(relpath, text):
+    return lambda proj: (proj / relpath).write_text(text)
+
+
+def remove(relpath):
+    return lambda proj: (proj / relpath).unlink()
+
+
+def truncate(relpath):
+    return lambda proj: (proj / relpath).write_bytes((proj / relpath).read_bytes()[:1000])
+
+
+def replace_with(relpath, other):
+    return lambda proj: shutil.copyfile(proj / other, proj / relpath)
+
+
+def damaged_mirror(damage, name="train-labels-idx1-ubyte.gz"):
+    def edit(proj):
+        mirror = proj.parent / "mirror"
+        shutil.copytree(MIRROR / "mnist", mirror / "mnist")
+        victim = mirror / "mnist" / name
+        if damage == "delete":
+            victim.unlink()
+        elif damage == "truncate":
+            victim.write_bytes(victim.read_bytes()[:500])
+        else:
+            blob = bytearray(victim.read_bytes())
+            blob[len(blob) // 2] ^= 0x01
+            victim.write_bytes(bytes(blob))
+        param("data.mirror", str(mirror))(proj)
+        param("data.val_size", 5001)(proj)  # so prepare must redo its work
+    return edit
+
+
+CASES = [
+    # (id, stage, edit, message)
+    ("temperature-zero", "check_params", param("temperature", 0), "temperature: Input should be greater than 0"),
+    ("temperature-negative", "train_student", param("temperature", -3), "temperature: Input should be greater than 0"),
+    ("alpha-above-1", "check_params", param("alpha", 1.5), "alpha: Input should be less than or equal to 1"),
+    ("alpha-negative", "train_student", param("alpha", -0.5), "alpha: Input should be greater than or equal to 0"),
+    ("omit-unknown-class", "check_params", param("omit_classes", [10]), r"omit_classes: \[10\] not in the mnist classes"),
+    ("omit-every-class", "train_baseline", param("omit_classes", list(range(10))), "omits every class"),
+    ("unknown-key", "check_params", param("temprature", 5), "temprature: unknown key"),
+    ("unknown-nested-key", "train_teacher", param("teacher.lr_decay", 0.1), "teacher.lr_decay: unknown key"),
+    ("unknown-arch", "check_params", param("teacher.arch", "resnet9000"), "teacher.arch: unknown arch 'resnet9000'"),
+    ("zero-epochs", "check_params", param("student.epochs", 0), "student.epochs: Input should be greater than or equal to 1"),
+    ("unknown-optimizer", "check_params", param("student.optimizer", "lion"), "student.optimizer: Input should be 'sgd' or 'adam'"),
+    ("unknown-dataset", "check_params", param("data.dataset", "imagenet"), "unknown dataset 'imagenet'"),
+    ("negative-seed", "check_params", param("seed", -1), "seed: Input should be greater than or equal to 0"),
+    ("missing-mirror", "prepare", param("data.mirror", "/nonexistent/mirror"), "data.mirror: directory /nonexistent/mirror does not exist"),
+    ("malformed-yaml", "check_params", write("params.yaml", "temperature: [20\n"), "params.yaml: not valid YAML"),
+    ("params-not-a-mapping", "check_params", write("params.yaml", "- 1\n"), "expected a mapping"),
+    ("params-missing", "evaluate", remove("params.yaml"), "params.yaml: file not found"),
+    ("val-size-too-large", "prepare", param("data.val_size", 60000), "data.val_size: 60000 leaves no training images"),
+    ("mirror-file-missing", "prepare", damaged_mirror("delete"), "train-labels-idx1-ubyte.gz: missing from the MNIST mirror"),
+    ("mirror-file-truncated", "prepare", damaged_mirror("truncate"), "train-labels-idx1-ubyte.gz: md5 mismatch"),
+    ("mirror-file-altered", "prepare", damaged_mirror("flip", "t10k-images-idx3-ubyte.gz"), "t10k-images-idx3-ubyte.gz: md5 mismatch"),
+    ("soft-labels-from-other-teacher", "train_student", replace_with("models/teacher.pt", "models/baseline.pt"),
+     "soft_labels.pt was made from a different models/teacher.pt"),
+    ("soft-labels-missing", "train_student", remove("data/soft_labels.pt"), "data/soft_labels.pt: missing; run `dvc repro`"),
+    ("checkpoint-truncated", "evaluate", truncate("models/student.pt"), "models/student.pt: unreadable"),
+    ("prepared-split-truncated", "train_teacher", truncate("data/prepared/train.pt"), "data/prepared/train.pt: unreadable"),
+    ("prepared-split-missing", "generate_soft_labels", remove("data/prepared/train.pt"), "data/prepared/train.pt: missing"),
+    ("diverging-lr", "train_teacher", param("teacher.lr", 1e30), r"loss is (nan|inf) at epoch 1, batch \d+"),
+]
+
+
+@pytest.mark.parametrize("stage,edit,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_fails_clearly_and_touches_nothing(proj, capsys, stage, edit, message):
+    edit(proj)
+    before = outputs(proj)
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(f"stages/{stage}.py", run_name="__main__")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"[{stage}] error:" in err
+    assert __import__("re").search(message, err), err
+    assert outputs(proj) == before
+    assert not list(proj.rglob("*.tmp"))  # no half-written file left behind
+
+
+def test_killed_training_resumes_and_ends_identical(proj, tmp_path):
+    """SIGKILL after epoch 2 of 3, rerun: same weights as a run never killed."""
+    param("teacher.epochs", 3)(proj)
+    twin = tmp_path / "twin"
+    shutil.copytree(proj, twin)
+    cmd = [sys.executable, "stages/train_teacher.py"]
+    killed = subprocess.run(cmd, cwd=proj, env={**__import__("os").environ, "KD_CRASH_AFTER_EPOCH": "2"},
+                            capture_output=True, text=True)
+    assert killed.returncode == -9
+    assert len(list((proj / ".resume").glob("train_teacher-*.pt"))) == 1
+    resumed = subprocess.run(cmd, cwd=proj, capture_output=True, text=True, check=True)
+    assert "resuming after epoch 2" in resumed.stdout
+    assert not list((proj / ".resume").glob("*.pt"))  # cleared once finished
+    subprocess.run(cmd, cwd=twin, capture_output=True, text=True, check=True)
+    a = torch.load(proj / "models/teacher.pt", weights_only=True)["state_dict"]
+    b = torch.load(twin / "models/teacher.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (proj / "metrics/curves/teacher.csv").read_text() == (twin / "metrics/curves/teacher.csv").read_text()
