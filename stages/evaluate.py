@@ -26,5 +26,5 @@ with stage("evaluate") as run:
         results[role] = {**summary, "params": count_params(model)}
         write_csv(METRICS / "confusion" / f"{role}.csv", confusion_rows(logits, y, info.classes))
         print(f"{role:9s} test accuracy {summary['accuracy']:.4f} ({summary['errors']} errors)")
-    results["kd_gain"] = results["student"]["accuracy"] - results["baseline"]["accuracy"]
+    results["kd_gain"] = round(results["student"]["accuracy"] - results["baseline"]["accuracy"], 6)
     write_json(METRICS / "evaluate.json", results)

@@ -22,20 +22,25 @@ def predict(model: nn.Module, x: torch.Tensor, *, device: torch.device, amp: boo
     return torch.cat(out) if out else torch.empty(0)
 
 
+def _rate(hits: torch.Tensor) -> float:
+    # Exact counts, rounded for readable metrics files (no float32 noise).
+    return round(int(hits.sum()) / len(hits), 6)
+
+
 def summarize(logits: torch.Tensor, y: torch.Tensor, num_classes: int, omitted: list[int] = ()) -> dict:
     pred = logits.argmax(1)
     right = pred == y
     per_class = {
-        str(c): right[y == c].float().mean().item() for c in range(num_classes) if (y == c).any()
+        str(c): _rate(right[y == c]) for c in range(num_classes) if (y == c).any()
     }
     out = {
-        "accuracy": right.float().mean().item(),
+        "accuracy": _rate(right),
         "errors": int((~right).sum()),
         "per_class_accuracy": per_class,
     }
     if omitted:
         mask = torch.isin(y, torch.tensor(list(omitted)))
-        out["omitted_accuracy"] = right[mask].float().mean().item()
+        out["omitted_accuracy"] = _rate(right[mask])
     return out
 
 

@@ -8,13 +8,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kd.checkpoint import new_model, save_model
 from kd.datasets import DataError
 from kd.device import pick_device, seed_everything
-from kd.files import InputFileError, load_torch, write_json
+from kd.files import InputFileError, file_md5, load_torch, write_csv, write_json
 from kd.params import Params, ParamsError, load_params
-from kd.paths import METRICS, split_file
+from kd.paths import METRICS, model_file, split_file
+from kd.resume import ResumeState, resume_key
 from kd.soft_labels import StaleSoftLabelsError
-from kd.train import DivergedError
+from kd.train import DivergedError, TensorBatches, fit
 
 # Errors a user can fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ParamsError, DataError, DivergedError, StaleSoftLabelsError, InputFileError)
@@ -61,12 +63,6 @@ def keep_classes(x, y, omit: list[int]):
 
 def train_model(run: StageRun, role: str, cfg, x, y, loss_fn, *, extras=None, config=None) -> None:
     """Train one model of the pipeline and write its checkpoint, curve and metrics."""
-    from kd.checkpoint import new_model, save_model
-    from kd.files import file_md5, write_csv
-    from kd.paths import model_file
-    from kd.resume import ResumeState, resume_key
-    from kd.train import TensorBatches, fit
-
     p = run.params
     model = new_model(cfg.arch, p.data.dataset, dropout=cfg.dropout, input_dropout=cfg.input_dropout)
     if cfg.amp:
@@ -82,7 +78,8 @@ def train_model(run: StageRun, role: str, cfg, x, y, loss_fn, *, extras=None, co
     write_csv(METRICS / "curves" / f"{role}.csv", [{k: v for k, v in h.items() if k != "seconds"} for h in history])
     last = history[-1]
     write_json(METRICS / f"{role}.json", {
-        "val_acc": last["val_acc"], "val_loss": last["val_loss"], "train_acc": last["train_acc"],
+        "val_acc": round(last["val_acc"], 6), "val_loss": round(last["val_loss"], 6),
+        "train_acc": round(last["train_acc"], 6),
         "epochs": len(history), "train_samples": len(y),
     })
     resume.clear()
