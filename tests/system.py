@@ -70,11 +70,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60,
+                  log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"{what} exited with {proc.returncode} before listening on port {port}")
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise AssertionError(f"{what} exited with {proc.returncode} before listening on port {port}\n{tail}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return

@@ -116,7 +116,7 @@ Subsystem sftp internal-sftp
     log = open(d / "sshd.log", "w")
     proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", d / "sshd_config"], stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for_port(port, proc, "sshd")
+        wait_for_port(port, proc, "sshd", log=d / "sshd.log")
         yield f"ssh://{getpass.getuser()}@127.0.0.1:{port}", d / "client_key", d / "sshd.log"
     finally:
         stop(proc)
