@@ -119,3 +119,13 @@ def test_processes_param_relaunches_the_stage_under_torchrun(tmp_path, single, t
     assert "relaunching under torchrun" in log and "processes=2" in log
     assert log.count("finished in") == 1  # rank 0 only
     assert files(proj) == files(single)
+
+
+def test_a_stage_that_cannot_train_distributed_refuses_torchrun(tmp_path, toy_images_module):
+    proj = make_project(tmp_path / "p", toy_images_module)
+    env = {**ENV, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}  # as torchrun sets them
+    out = subprocess.run([sys.executable, str(REPO / "stages/generate_soft_labels.py")], cwd=proj, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "generate_soft_labels does not run under torchrun" in out.stderr
+    assert not (proj / "metrics").exists()

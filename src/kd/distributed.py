@@ -17,6 +17,10 @@ import torch.distributed as dist
 from torch import nn
 
 
+class LaunchError(RuntimeError):
+    """The processes were started in a way this stage cannot train with."""
+
+
 def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
@@ -52,7 +56,7 @@ def init(device: torch.device) -> torch.device:
     if device.type == "cuda":
         local = _env_int("LOCAL_RANK", 0)
         if local >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPU(s): "
+            raise LaunchError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPU(s): "
                                "start at most one process per GPU")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)

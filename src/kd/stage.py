@@ -20,7 +20,8 @@ from kd.soft_labels import StaleSoftLabelsError
 from kd.train import DivergedError, TensorBatches, fit
 
 # Errors a user can fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ParamsError, DataError, DivergedError, StaleSoftLabelsError, InputFileError)
+USER_ERRORS = (ParamsError, DataError, DivergedError, StaleSoftLabelsError, InputFileError,
+               distributed.LaunchError)
 
 
 @dataclass
@@ -42,7 +43,7 @@ def stage(name: str, *, ddp: bool = False):
     try:
         params = load_params()
         if distributed.launched() and not ddp:
-            raise ParamsError(f"stage {name} does not run under torchrun; start it with plain python")
+            raise distributed.LaunchError(f"stage {name} does not run under torchrun; start it with plain python")
         if ddp and params.distributed.processes > 1 and not distributed.launched():
             distributed.relaunch_under_torchrun(params.distributed.processes)  # does not return
         seed_everything(params.seed)
