@@ -24,7 +24,7 @@ from system import free_port, require_apt, stop, wait_for_port
 psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2-binary is in requirements.txt")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def postgres():
     """A throwaway PostgreSQL cluster on a free loopback port; yields its base URI."""
     bindir = Path(require_apt("postgresql", "/usr/lib/postgresql/*/bin/initdb")).parent
@@ -68,8 +68,9 @@ def connect(uri: str):
     raise last
 
 
-@pytest.fixture
-def mlflow_server(postgres, tmp_path):
+@pytest.fixture(scope="module")
+def mlflow_server(postgres, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("mlflow")
     db = connect(f"{postgres}/postgres")
     db.autocommit = True
     db.cursor().execute("CREATE DATABASE mlflow")
@@ -129,3 +130,32 @@ def test_runs_logged_via_env_var_land_in_postgresql(mlflow_server):
         assert cur.fetchall() == [("arch", "mlp1200"), ("temperature", "20")]
         cur.execute("SELECT count(*) FROM metrics WHERE run_uuid = %s AND key = 'val_acc'", (run_id,))
         assert cur.fetchone() == (3,)
+
+
+def test_a_pipeline_stage_logs_to_the_server(mlflow_server, tmp_path):
+    """The pipeline itself, pointed at the team server only by MLFLOW_TRACKING_URI."""
+    pytest.importorskip("kd.tracking", reason="the pipeline's MLflow tracking (kd.tracking) is not here yet")
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from conftest import REPO
+
+    url, store, _ = mlflow_server
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["mirror"] = None
+    (proj / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copyfile(REPO / "dvc.yaml", proj / "dvc.yaml")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": url}
+    out = subprocess.run([sys.executable, str(REPO / "stages/check_params.py")], cwd=proj, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    client = MlflowClient(tracking_uri=url)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    names = {r.info.run_name: r.info.status for r in client.search_runs(experiments)}
+    assert names.get("check_params") == "FINISHED", names
+    with connect(store) as db, db.cursor() as cur:
+        cur.execute("SELECT count(*) FROM runs WHERE name = 'check_params'")
+        assert cur.fetchone() == (1,)
