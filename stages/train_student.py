@@ -9,7 +9,7 @@ from kd.paths import SOFT_LABELS, model_file, split_file
 from kd.soft_labels import load_soft_labels
 from kd.stage import keep_classes, load_split, stage, train_model
 
-with stage("train_student") as run:
+with stage("train_student", ddp=True) as run:
     p = run.params
     x, y = load_split("train")
     logits = load_soft_labels(SOFT_LABELS, teacher=model_file("teacher"), data=split_file("train"), n=len(y))

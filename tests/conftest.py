@@ -22,6 +22,10 @@ def mirror() -> Path:
 
 @pytest.fixture
 def toy_images():
+    return make_toy_images()
+
+
+def make_toy_images():
     """A small, learnable image set: the class is written into the pixel rows."""
     g = torch.Generator().manual_seed(0)
     y = torch.arange(300) % 10

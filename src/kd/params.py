@@ -72,6 +72,13 @@ class TrainParams(_Strict):
         return name
 
 
+class DistributedParams(_Strict):
+    # Processes that train each model together (DDP; one per GPU on a GPU
+    # machine). It changes how a model is trained, not what: no stage depends
+    # on it, so changing it retrains nothing (results agree to float rounding).
+    processes: int = Field(1, ge=1)
+
+
 class Params(_Strict):
     temperature: float = Field(gt=0)
     alpha: float = Field(ge=0, le=1)
@@ -80,6 +87,7 @@ class Params(_Strict):
     data: DataParams
     teacher: TrainParams
     student: TrainParams
+    distributed: DistributedParams = DistributedParams()
 
     @model_validator(mode="after")
     def _classes_exist(self) -> "Params":
@@ -93,6 +101,12 @@ class Params(_Strict):
             raise ValueError(
                 f"omit_classes: {bad} not in the {self.data.dataset} classes 0..{num_classes - 1}"
             )
+        n = self.distributed.processes
+        for role in ("teacher", "student"):
+            size = getattr(self, role).batch_size
+            if size % n:
+                raise ValueError(f"{role}.batch_size: {size} is not a multiple of distributed.processes={n} "
+                                 "(each process takes an equal share of every batch)")
         if len(set(self.omit_classes)) >= num_classes:
             raise ValueError("omit_classes: omits every class; the student would have no data")
         return self

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kd import distributed
 from kd.checkpoint import new_model, save_model
 from kd.datasets import DataError
 from kd.device import pick_device, seed_everything
@@ -19,7 +20,8 @@ from kd.soft_labels import StaleSoftLabelsError
 from kd.train import DivergedError, TensorBatches, fit
 
 # Errors a user can fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ParamsError, DataError, DivergedError, StaleSoftLabelsError, InputFileError)
+USER_ERRORS = (ParamsError, DataError, DivergedError, StaleSoftLabelsError, InputFileError,
+               distributed.LaunchError)
 
 
 @dataclass
@@ -35,19 +37,30 @@ class StageRun:
 
 
 @contextmanager
-def stage(name: str):
+def stage(name: str, *, ddp: bool = False):
+    """Run a stage; with ddp=True it may train under torchrun (see kd.distributed)."""
+    tag = f"{name} rank {distributed.rank()}" if distributed.launched() else name
     try:
         params = load_params()
+        if distributed.launched() and not ddp:
+            raise distributed.LaunchError(f"stage {name} does not run under torchrun; start it with plain python")
+        if ddp and params.distributed.processes > 1 and not distributed.launched():
+            distributed.relaunch_under_torchrun(params.distributed.processes)  # does not return
         seed_everything(params.seed)
-        run = StageRun(name, params, pick_device())
-        print(f"[{name}] device={run.device.type} torch={torch.__version__}", flush=True)
+        run = StageRun(name, params, distributed.init(pick_device()))
+        if distributed.is_main():
+            print(f"[{name}] device={run.device.type} processes={distributed.world_size()} "
+                  f"torch={torch.__version__}", flush=True)
         yield run
     except USER_ERRORS as e:
-        print(f"[{name}] error: {e}", file=sys.stderr, flush=True)
+        print(f"[{tag}] error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
-    # Wall time lives apart from the accuracy metrics, which must be bit-identical across reruns.
-    write_json(METRICS / "timing" / f"{name}.json", {"seconds": round(run.seconds, 1)})
-    print(f"[{name}] finished in {run.seconds:.1f}s", flush=True)
+    finally:
+        distributed.shutdown()
+    if distributed.is_main():
+        # Wall time lives apart from the accuracy metrics, which must be bit-identical across reruns.
+        write_json(METRICS / "timing" / f"{name}.json", {"seconds": round(run.seconds, 1)})
+        print(f"[{name}] finished in {run.seconds:.1f}s", flush=True)
 
 
 def load_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,11 +80,14 @@ def train_model(run: StageRun, role: str, cfg, x, y, loss_fn, *, extras=None, co
     model = new_model(cfg.arch, p.data.dataset, dropout=cfg.dropout, input_dropout=cfg.input_dropout)
     if cfg.amp:
         model = model.to(memory_format=torch.channels_last)
-    batches = TensorBatches(x, y, cfg.batch_size, p.seed, shift=cfg.jitter, flip=cfg.flip, extras=extras or {})
+    batches = TensorBatches(x, y, cfg.batch_size, p.seed, shift=cfg.jitter, flip=cfg.flip, extras=extras or {},
+                            rank=distributed.rank(), world=distributed.world_size())
     key = resume_key(run.name, {"cfg": cfg.model_dump(), "seed": p.seed, **(config or {})},
                      {"train": file_md5(split_file("train"))})
     resume = ResumeState(run.name, key)
     history = fit(model, batches, load_split("val"), loss_fn, cfg, device=run.device, amp=cfg.amp, resume=resume)
+    if not distributed.is_main():
+        return  # rank 0 holds the same weights and writes everything
     save_model(model_file(role), model, arch=cfg.arch, dataset=p.data.dataset,
                dropout=cfg.dropout, input_dropout=cfg.input_dropout)
     # Without wall times, so reruns write identical files.

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from kd.augment import random_shift
+from kd import distributed
+from kd.augment import apply_shifts, draw_shifts
 from kd.device import autocast
 from kd.evaluate import predict
 from kd.params import TrainParams
@@ -27,6 +28,13 @@ class TensorBatches:
 
     Everything random about epoch e (order, shifts, flips) comes from a
     generator seeded with (seed, e), so a resumed run sees the same batches.
+
+    Under DDP (world > 1) every rank draws the same order and shifts, and takes
+    every world-th image of each batch from position `rank`: the ranks' slices
+    never overlap and together make exactly the single-process batch, with
+    batch_size still the global batch size. The order is first padded by
+    repeating its head (as DistributedSampler does) so every rank gets the same
+    number of equally sized batches, which DDP's gradient averaging needs.
     """
     x: torch.Tensor  # uint8 [N, C, H, W]
     y: torch.Tensor
@@ -35,6 +43,13 @@ class TensorBatches:
     shift: int = 0
     flip: bool = False
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-sample targets
+    rank: int = 0
+    world: int = 1
+
+    def __post_init__(self):
+        if self.batch_size % self.world:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of the {self.world} "
+                             "distributed processes")
 
     def __len__(self) -> int:
         return math.ceil(len(self.y) / self.batch_size)
@@ -42,9 +57,14 @@ class TensorBatches:
     def epoch(self, epoch: int, device: torch.device):
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(len(self.y), generator=g)
+        pad = -len(order) % self.world
+        order = torch.cat([order, order[:pad]])
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            x = random_shift(self.x[idx], self.shift, g, self.flip)
+            shifts = draw_shifts(len(idx), self.shift, g, self.flip)  # same draws on every rank
+            mine = slice(self.rank, None, self.world)
+            idx = idx[mine]
+            x = apply_shifts(self.x[idx], shifts[mine] if shifts else None)
             batch = {"y": self.y[idx].to(device), **{k: v[idx].to(device) for k, v in self.extras.items()}}
             yield x.to(device, non_blocking=True).float().div_(255), batch
 
@@ -76,8 +96,15 @@ def fit(
     resume: ResumeState | None = None,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """Train `model` for cfg.epochs; return one dict of metrics per epoch."""
+    """Train `model` for cfg.epochs; return one dict of metrics per epoch.
+
+    Under torchrun every rank calls this with its own shard of `batches`; the
+    returned metrics are over all ranks, and only rank 0 prints and saves the
+    resume state. `on_epoch` runs on every rank.
+    """
     model.to(device)
+    net = distributed.wrap(model, device)  # trains; `model` is the plain module inside
+    main = distributed.is_main()
     opt, sched = make_optimizer(model, cfg, cfg.epochs * len(batches))
     history: list[dict] = []
     state = resume.load() if resume else None
@@ -86,21 +113,25 @@ def fit(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         history = state["history"]
-        print(f"resuming after epoch {len(history)} from {resume.path}")
+        if main:
+            print(f"resuming after epoch {len(history)} from {resume.path}")
 
     for epoch in range(len(history), cfg.epochs):
-        # Dropout draws from the global RNG: reseed per epoch so resume is exact.
-        torch.manual_seed(batches.seed * 100_003 + epoch)
+        # Dropout draws from the global RNG: reseed per epoch so resume is exact,
+        # and per rank so ranks don't share masks.
+        torch.manual_seed(batches.seed * 100_003 + epoch + 1_000_003 * batches.rank)
         model.train()
         t0, total, correct, seen = time.perf_counter(), 0.0, 0, 0
         bar = tqdm(batches.epoch(epoch, device), total=len(batches), leave=False,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None)
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if main else True)
         for step, (x, batch) in enumerate(bar):
             with autocast(device, amp):
-                logits = model(x)
+                logits = net(x)
             loss = loss_fn(logits.float(), batch)
-            if not torch.isfinite(loss):
-                raise DivergedError(f"loss is {loss.item()} at epoch {epoch + 1}, batch {step + 1}; "
+            finite = bool(torch.isfinite(loss))
+            if not distributed.all_true(finite, device):  # all ranks stop, none waits forever
+                what = "non-finite on another rank" if finite else loss.item()
+                raise DivergedError(f"loss is {what} at epoch {epoch + 1}, batch {step + 1}; "
                                     "lower the learning rate (no checkpoint was written)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -110,6 +141,7 @@ def fit(
             total += loss.item() * n
             correct += (logits.argmax(1) == batch["y"]).sum().item()
             seen += n
+        total, correct, seen = distributed.sum_all([total, correct, seen], device)
         val_logits = predict(model, val[0], device=device, amp=amp)
         row = {
             "epoch": epoch + 1,
@@ -120,10 +152,11 @@ def fit(
             "seconds": time.perf_counter() - t0,
         }
         history.append(row)
-        print(f"epoch {row['epoch']:3d}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  "
-              f"train_acc {row['train_acc']:.4f}  val_acc {row['val_acc']:.4f}  {row['seconds']:.1f}s",
-              flush=True)
-        if resume:
+        if main:
+            print(f"epoch {row['epoch']:3d}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  "
+                  f"train_acc {row['train_acc']:.4f}  val_acc {row['val_acc']:.4f}  {row['seconds']:.1f}s",
+                  flush=True)
+        if resume and main:
             resume.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                          "scheduler": sched.state_dict(), "history": history})
         if on_epoch:
