@@ -1,4 +1,5 @@
-"""What every stage script shares: validated params, timing, clear failures."""
+"""What every stage script shares: validated params, timing, clear failures,
+and the stage's MLflow run (kd.tracking)."""
 from __future__ import annotations
 
 import sys
@@ -17,6 +18,7 @@ from kd.params import Params, ParamsError, load_params
 from kd.paths import METRICS, model_file, split_file
 from kd.resume import ResumeState, resume_key
 from kd.soft_labels import StaleSoftLabelsError
+from kd.tracking import Tracker
 from kd.train import DivergedError, TensorBatches, fit
 
 # Errors a user can fix; anything else is a bug and keeps its traceback.
@@ -29,6 +31,7 @@ class StageRun:
     name: str
     params: Params
     device: torch.device
+    tracking: Tracker
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -40,6 +43,7 @@ class StageRun:
 def stage(name: str, *, ddp: bool = False):
     """Run a stage; with ddp=True it may train under torchrun (see kd.distributed)."""
     tag = f"{name} rank {distributed.rank()}" if distributed.launched() else name
+    tracking = Tracker(name)
     try:
         params = load_params()
         if distributed.launched() and not ddp:
@@ -47,20 +51,28 @@ def stage(name: str, *, ddp: bool = False):
         if ddp and params.distributed.processes > 1 and not distributed.launched():
             distributed.relaunch_under_torchrun(params.distributed.processes)  # does not return
         seed_everything(params.seed)
-        run = StageRun(name, params, distributed.init(pick_device()))
+        if distributed.is_main():  # one MLflow run per stage, not one per rank
+            tracking.start(params)  # never raises; a tracking failure only warns
+        run = StageRun(name, params, distributed.init(pick_device()), tracking)
         if distributed.is_main():
             print(f"[{name}] device={run.device.type} processes={distributed.world_size()} "
                   f"torch={torch.__version__}", flush=True)
         yield run
     except USER_ERRORS as e:
         print(f"[{tag}] error: {e}", file=sys.stderr, flush=True)
+        tracking.end("FAILED")
         sys.exit(2)
+    except BaseException as e:
+        tracking.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
     finally:
         distributed.shutdown()
     if distributed.is_main():
         # Wall time lives apart from the accuracy metrics, which must be bit-identical across reruns.
-        write_json(METRICS / "timing" / f"{name}.json", {"seconds": round(run.seconds, 1)})
-        print(f"[{name}] finished in {run.seconds:.1f}s", flush=True)
+        seconds = run.seconds
+        write_json(METRICS / "timing" / f"{name}.json", {"seconds": round(seconds, 1)})
+        tracking.end("FINISHED", seconds=seconds)
+        print(f"[{name}] finished in {seconds:.1f}s", flush=True)
 
 
 def load_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +97,9 @@ def train_model(run: StageRun, role: str, cfg, x, y, loss_fn, *, extras=None, co
     key = resume_key(run.name, {"cfg": cfg.model_dump(), "seed": p.seed, **(config or {})},
                      {"train": file_md5(split_file("train"))})
     resume = ResumeState(run.name, key)
-    history = fit(model, batches, load_split("val"), loss_fn, cfg, device=run.device, amp=cfg.amp, resume=resume)
+    val = load_split("val")
+    history = fit(model, batches, val, loss_fn, cfg, device=run.device, amp=cfg.amp, resume=resume,
+                  on_epoch=run.tracking.log_epoch)  # a no-op on ranks other than 0
     if not distributed.is_main():
         return  # rank 0 holds the same weights and writes everything
     save_model(model_file(role), model, arch=cfg.arch, dataset=p.data.dataset,
@@ -99,3 +113,20 @@ def train_model(run: StageRun, role: str, cfg, x, y, loss_fn, *, extras=None, co
         "epochs": len(history), "train_samples": len(y),
     })
     resume.clear()
+    track_model(run, role, model, history, val[0])
+
+
+def track_model(run: StageRun, role: str, model, history: list[dict], val_x) -> None:
+    """The trained model in the stage's MLflow run: curves, size, the model itself."""
+    tracking = run.tracking
+    if not tracking.active:
+        return
+    from kd.datasets import DATASETS
+    from kd.figures import learning_curve
+    from kd.model_cost import model_cost
+
+    tracking.log_history(history)
+    tracking.log_metrics(model_cost(model, DATASETS[run.params.data.dataset].shape))
+    tracking.log_figure(lambda: learning_curve(history, f"{role} ({run.name})"), f"{role}_learning_curve.png")
+    tracking.log_artifact(METRICS / "curves" / f"{role}.csv", "curves")
+    tracking.log_model(model, role, val_x[:4])

@@ -1,0 +1,363 @@
+"""MLflow tracking: one parent run per `dvc repro` / `dvc exp run`, one nested
+child run per stage that actually executed.
+
+DVC runs each stage as its own process, so there is no one place that could
+open the parent run. Every stage looks for it by a tag instead, `run_group`,
+a hash of the DVC experiment name, the git commit and the `dvc` process that
+launched the stage (its pid and start time). All stages of one invocation
+share that process; the next `dvc repro`, even on the same commit and params,
+is a new process and gets a new parent.
+
+Tracking must never cost a training result: every MLflow call goes through
+`Tracker._guard`, and the first failure (server down, database locked, slow
+network) prints one warning and switches tracking off for the rest of the
+stage. The stage still writes metrics/. HTTP waits are bounded by the
+MLFLOW_HTTP_REQUEST_* defaults below.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kd.params import PARAMS_FILE, Params, project_root
+
+DVC_YAML = Path("dvc.yaml")
+METRICS_DIR = Path("metrics")
+
+# Set before mlflow is imported; the user's own environment wins. MLflow's
+# defaults (120 s timeout, 7 retries with exponential backoff) would stall a
+# stage for many minutes on a dead server. Worst case here: 3 tries x 10 s
+# plus 1 + 2 s of backoff, once per stage.
+ENV_DEFAULTS = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+
+
+def repo_root() -> Path:
+    """The real repository, also for `dvc exp run --queue` runs in .dvc/tmp/exps
+    (DVC points DVC_ROOT of queued runs at the parent repo)."""
+    dvc_root = os.environ.get("DVC_ROOT")
+    return project_root(Path(dvc_root) if dvc_root else None)
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of a SQLite store go next to the database file. MLflow's
+    default, ./mlruns of the current directory, would put those of a queued
+    experiment into its temporary copy, which DVC deletes. Servers and file
+    stores choose for themselves."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+
+
+def experiment_name(params: Params) -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or f"kd-{params.data.dataset}"
+
+
+def tracking_enabled() -> bool:
+    return os.environ.get("KD_TRACKING", "1").lower() not in ("0", "false", "off", "no")
+
+
+# --- what dvc.yaml says about a stage ----------------------------------------
+
+def dvc_stage(name: str, dvc_yaml: Path = DVC_YAML) -> dict:
+    """The stage's entry in dvc.yaml, or {} when it has none (a script run by hand)."""
+    try:
+        stages = yaml.safe_load(dvc_yaml.read_text()).get("stages", {})
+    except (OSError, AttributeError, yaml.YAMLError):
+        return {}
+    return stages.get(name) or {}
+
+
+def stage_param_keys(spec: dict) -> list[str] | None:
+    """The params.yaml keys a stage depends on; None means the whole file."""
+    keys: list[str] = []
+    for entry in spec.get("params", []):
+        if isinstance(entry, str):
+            keys.append(entry)
+        elif isinstance(entry, dict):
+            for file, sub in entry.items():
+                if Path(file).name != PARAMS_FILE:
+                    continue
+                if sub is None:
+                    return None
+                keys.extend(sub)
+    return keys
+
+
+def stage_metrics_files(spec: dict) -> list[Path]:
+    files = []
+    for entry in spec.get("metrics", []):
+        files.extend(entry if isinstance(entry, dict) else [entry])
+    return [Path(f) for f in files]
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """{"teacher": {"lr": 0.1}} -> {"teacher.lr": 0.1}; lists stay leaves."""
+    if not isinstance(obj, dict):
+        return {prefix: obj}
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def param_text(value: Any) -> str:
+    # YAML-like spelling, so `null`, `true` and `[3]` read as in params.yaml.
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def stage_params(params: Params, keys: list[str] | None) -> dict[str, str]:
+    flat = flatten(params.model_dump())
+    if keys is not None:
+        flat = {k: v for k, v in flat.items() if any(k == s or k.startswith(s + ".") for s in keys)}
+    return {k: param_text(v) for k, v in flat.items()}
+
+
+def numeric_leaves(obj: Any) -> dict[str, float]:
+    return {k: float(v) for k, v in flatten(obj).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def file_metrics(path: Path) -> dict[str, float]:
+    """A metrics JSON as MLflow metrics named like `dvc metrics show` columns,
+    e.g. metrics/evaluate.json -> evaluate/student.accuracy."""
+    name = path.relative_to(METRICS_DIR).with_suffix("").as_posix() if path.is_relative_to(METRICS_DIR) \
+        else path.with_suffix("").as_posix()
+    return {f"{name}/{k}": v for k, v in numeric_leaves(json.loads(path.read_text())).items()}
+
+
+# --- which invocation this stage belongs to -----------------------------------
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def dvc_invocation() -> str:
+    """pid and start time of the nearest `dvc` ancestor process (this process
+    itself when the stage was started by hand)."""
+    import psutil  # a dependency of dvc
+
+    me = psutil.Process()
+    for proc in me.parents():
+        try:
+            argv = proc.cmdline()
+            if any(Path(a).name in ("dvc", "dvc.exe") for a in argv[:3]):
+                return f"{proc.pid}@{proc.create_time()}"
+        except psutil.Error:
+            continue
+    return f"{me.pid}@{me.create_time()}"
+
+
+def run_tags(params: Params) -> dict[str, str]:
+    commit = _git("rev-parse", "HEAD")
+    tags = {
+        "git_commit": commit or "none",
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "dvc_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
+        "dataset": params.data.dataset,
+    }
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    tags["run_group"] = hashlib.sha256(json.dumps(
+        [tags["dvc_exp_name"], tags["git_commit"], dvc_invocation()]).encode()).hexdigest()[:16]
+    return {k: v for k, v in tags.items() if v}
+
+
+def parent_name(tags: dict[str, str]) -> str:
+    if tags.get("dvc_exp_name"):
+        return tags["dvc_exp_name"]
+    commit = tags.get("git_commit", "none")
+    return commit[:7] if commit != "none" else "no-commit"
+
+
+# --- the tracker ---------------------------------------------------------------
+
+class Tracker:
+    """The MLflow child run of one stage; every method is a no-op once tracking is off."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+        self.uri = ""
+        self.run_id: str | None = None
+        self.parent_id: str | None = None
+        self._client = None
+        self._epochs_logged: set[int] = set()
+
+    @property
+    def active(self) -> bool:
+        return self.run_id is not None
+
+    def _guard(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any tracking failure, whatever its type
+            self.run_id = None
+            detail = " ".join(str(e).split())
+            detail = detail[:300] + ("..." if len(detail) > 300 else "")
+            print(f"[{self.stage}] warning: MLflow tracking to {self.uri} failed while {what} "
+                  f"({type(e).__name__}: {detail}); the stage goes on without tracking and "
+                  "writes metrics/ as usual", file=sys.stderr, flush=True)
+            return None
+
+    # Starting and ending ------------------------------------------------------
+
+    def start(self, params: Params) -> None:
+        if not tracking_enabled():
+            return
+        self.uri = tracking_uri()
+        self._guard("starting the run", self._start, params)
+
+    def _start(self, params: Params) -> None:
+        for key, value in ENV_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        # urllib3 logs every retry; our one warning says it all.
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        import mlflow
+        from mlflow.entities import Param
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        client = mlflow.MlflowClient(self.uri)
+        exp_id = self._experiment(client, experiment_name(params))
+        # mlflow.pytorch.log_model reads these globals.
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_experiment(experiment_id=exp_id)
+        tags = run_tags(params)
+        group = tags.pop("run_group")  # on the parent only: children are found through it
+        found = client.search_runs([exp_id], f"tags.run_group = '{group}'", max_results=1)
+        if found:
+            parent_id = found[0].info.run_id
+            client.update_run(parent_id, status="RUNNING")
+        else:
+            parent = client.create_run(exp_id, run_name=parent_name(tags), tags={**tags, "run_group": group})
+            parent_id = parent.info.run_id
+            client.log_batch(parent_id, params=[Param(k, v) for k, v in stage_params(params, None).items()])
+        spec = dvc_stage(self.stage)
+        child = client.create_run(exp_id, run_name=self.stage,
+                                  tags={**tags, "stage": self.stage, MLFLOW_PARENT_RUN_ID: parent_id})
+        self._client, self.parent_id, self.run_id = client, parent_id, child.info.run_id
+        keys = stage_param_keys(spec) if spec else []
+        if keys is None or keys:
+            client.log_batch(self.run_id, params=[Param(k, v) for k, v in stage_params(params, keys).items()])
+
+    def _experiment(self, client, name: str) -> str:
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location(self.uri))
+        except Exception:  # created meanwhile by a parallel queued experiment
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def end(self, status: str, seconds: float | None = None) -> None:
+        """Log the stage's wall time and its dvc.yaml metrics files, then close
+        the child run and mark the parent with the latest stage's status."""
+        if not self.active:
+            return
+        if seconds is not None:
+            self.log_metrics({"seconds": seconds})
+            for path in stage_metrics_files(dvc_stage(self.stage)):
+                self.log_metrics_file(path)
+        if self.active:
+            self._guard("ending the run", self._end, status)
+        self.run_id = None
+
+    def _end(self, status: str) -> None:
+        self._client.set_terminated(self.run_id, status)
+        self._client.set_terminated(self.parent_id, status)
+
+    # Logging ------------------------------------------------------------------
+
+    def log_metrics(self, metrics: dict[str, float], *, step: int = 0, parent: bool = False) -> None:
+        if self.active:
+            self._guard("logging metrics", self._log_metrics, metrics, step, parent)
+
+    def _log_metrics(self, metrics: dict[str, float], step: int, parent: bool) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for run_id in (self.run_id, self.parent_id) if parent else (self.run_id,):
+            for i in range(0, len(batch), 1000):  # MLflow's per-request limit
+                self._client.log_batch(run_id, metrics=batch[i : i + 1000])
+
+    def log_epoch(self, row: dict) -> None:
+        """fit()'s on_epoch callback: the curves, live, with step = epoch."""
+        if self.active and row["epoch"] not in self._epochs_logged:
+            self.log_metrics({k: v for k, v in row.items() if k not in ("epoch", "seconds")}, step=row["epoch"])
+            self._epochs_logged.add(row["epoch"])
+
+    def log_history(self, history: list[dict]) -> None:
+        """Epochs trained before a resume never went through log_epoch here."""
+        for row in history:
+            self.log_epoch(row)
+
+    def log_metrics_file(self, path: Path) -> None:
+        """A dvc.yaml metrics file: as an artifact, and as metrics of this run and the parent."""
+        if self.active and path.is_file():
+            self.log_artifact(path, "metrics" if path.parent == METRICS_DIR else path.parent.as_posix())
+            if not path.is_relative_to(METRICS_DIR / "timing"):  # already the `seconds` metric
+                self.log_metrics(file_metrics(path), parent=True)
+
+    def log_artifact(self, path: Path, artifact_dir: str | None = None) -> None:
+        if self.active:
+            self._guard(f"logging {path}", self._client.log_artifact, self.run_id, str(path), artifact_dir)
+
+    def log_figure(self, make_figure, artifact_file: str) -> None:
+        """make_figure() is only called when tracking is on: drawing costs time."""
+        if not self.active:
+            return
+        import matplotlib.pyplot as plt
+
+        fig = make_figure()
+        try:
+            self._guard(f"logging {artifact_file}", self._client.log_figure, self.run_id, fig, artifact_file)
+        finally:
+            plt.close(fig)
+
+    def log_model(self, model, name: str, example) -> None:
+        """An MLflow pytorch model with signature and input example. MLflow saves
+        it as a torch.export program, so loading it needs no code from this repo."""
+        if self.active:
+            self._guard(f"logging model {name}", self._log_model, model, name, example)
+
+    def _log_model(self, model, name: str, example) -> None:
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        model = model.cpu().eval()
+        x = example.cpu().float().div(255).numpy()
+        with torch.no_grad():
+            y = model(torch.from_numpy(x)).numpy()
+        mlflow.pytorch.log_model(
+            model, name=name, run_id=self.run_id, signature=infer_signature(x, y), input_example=x,
+            # Listing them skips MLflow's inference, which re-imports the model in a subprocess.
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
