@@ -11,6 +11,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = REPO.parent / "shared" / "datasets"
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # also for MLflow used by the tests
 
 
 @pytest.fixture
@@ -38,10 +39,11 @@ def make_toy_images():
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"]
 
 
-def sh(args, cwd, check=True):
+def sh(args, cwd, check=True, env=None):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", **(env or {})}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own store, mlflow.db
     out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check and out.returncode != 0:
         raise AssertionError(f"{args} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")

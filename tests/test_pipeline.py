@@ -1,11 +1,18 @@
 """End to end: the real dvc.yaml on shrunken params, in a throwaway git repo."""
 import json
+import os
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import sh, stages_run
+from conftest import REPO, sh, stages_run
 from kd.files import file_md5
+
+ALL_STAGES = {"check_params", "prepare", "train_teacher", "generate_soft_labels",
+              "train_baseline", "train_student", "evaluate"}
+
 
 @pytest.fixture(scope="module")
 def project(built_project):
@@ -14,8 +21,7 @@ def project(built_project):
 
 def test_repro_runs_every_stage_and_writes_metrics(project):
     proj, first = project
-    assert stages_run(first) == {"check_params", "prepare", "train_teacher", "generate_soft_labels",
-                                 "train_baseline", "train_student", "evaluate"}
+    assert stages_run(first) == ALL_STAGES
     metrics = json.loads((proj / "metrics/evaluate.json").read_text())
     assert metrics["teacher"]["params"] == 2_395_210
     assert metrics["student"]["params"] == metrics["baseline"]["params"] == 1_276_810
@@ -26,7 +32,118 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
         assert curve[0].startswith("epoch,") and len(curve) == 3  # header + 2 epochs
         assert len((proj / f"metrics/confusion/{role}.csv").read_text().splitlines()) == 10001
     assert (proj / "metrics/timing/train_teacher.json").exists()
+    cost = json.loads((proj / "metrics/model_cost.json").read_text())
+    assert cost["teacher"] == {"macs": 784 * 1200 + 1200 * 1200 + 1200 * 10, "params": 2_395_210}
+    assert cost["student"] == cost["baseline"] == {"macs": 784 * 800 + 800 * 800 + 800 * 10, "params": 1_276_810}
+    latency = json.loads((proj / "metrics/latency.json").read_text())
+    assert all(latency[r]["cpu_ms_per_image_batch1"] > 0 for r in ("teacher", "baseline", "student"))
     assert sh([sys.executable, "-m", "dvc", "status"], proj).stdout.strip().endswith("up to date.")
+
+
+def mlflow_store(proj):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{proj}/mlflow.db")
+    exp = client.get_experiment_by_name("kd-mnist")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {p.info.run_id: {r.info.run_name: r for r in runs
+                                if r.data.tags.get("mlflow.parentRunId") == p.info.run_id} for p in parents}
+    return client, exp, parents, children
+
+
+def test_mlflow_has_a_parent_run_and_a_child_per_stage(project):
+    proj, _ = project
+    client, exp, parents, children = mlflow_store(proj)
+    commit = sh(["git", "rev-parse", "HEAD"], proj).stdout.strip()
+    assert len(parents) == 1  # the one `dvc repro` so far
+    parent = parents[0]
+    assert parent.info.run_name == commit[:7] and parent.info.status == "FINISHED"
+    assert parent.data.tags["git_commit"] == commit and parent.data.params["teacher.epochs"] == "2"
+    stages = children[parent.info.run_id]
+    assert set(stages) == ALL_STAGES
+    for name, run in stages.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["stage"] == name and run.data.tags["dataset"] == "mnist"
+        assert run.data.tags["git_commit"] == commit and "dvc_exp_name" not in run.data.tags
+        assert run.data.metrics["seconds"] > 0
+
+    teacher = stages["train_teacher"]
+    # Only the params the stage reads, as dvc.yaml lists them: seed and teacher.*.
+    assert teacher.data.params["teacher.epochs"] == "2" and teacher.data.params["seed"] == "0"
+    assert not any(k.startswith(("student.", "data.")) or k == "temperature" for k in teacher.data.params)
+    assert set(stages["check_params"].data.params) == set(parent.data.params)  # reads all of params.yaml
+    assert stages["generate_soft_labels"].data.params == {}
+    curve = [m.step for m in client.get_metric_history(teacher.info.run_id, "val_acc")]
+    assert curve == [1, 2]
+    assert teacher.data.metrics["macs"] == 784 * 1200 + 1200 * 1200 + 1200 * 10
+    assert teacher.data.metrics["params"] == 2_395_210
+    assert {a.path for a in client.list_artifacts(teacher.info.run_id)} >= {
+        "teacher_learning_curve.png", "metrics", "curves"}
+
+    evaluate = stages["evaluate"]
+    test = json.loads((proj / "metrics/evaluate.json").read_text())
+    for run in (evaluate, parent):  # final test metrics, named like `dvc metrics show` columns
+        assert run.data.metrics["evaluate/student.accuracy"] == pytest.approx(test["student"]["accuracy"])
+        assert run.data.metrics["model_cost/teacher.macs"] == 784 * 1200 + 1200 * 1200 + 1200 * 10
+    assert {a.path for a in client.list_artifacts(evaluate.info.run_id, "confusion")} == {
+        f"confusion/{r}.png" for r in ("teacher", "baseline", "student")}
+    assert {a.path for a in client.list_artifacts(evaluate.info.run_id, "metrics")} >= {
+        "metrics/evaluate.json", "metrics/model_cost.json", "metrics/latency.json"}
+
+    models = {m.name: m for m in client.search_logged_models([exp.experiment_id])}
+    assert {n: m.source_run_id for n, m in models.items()} == {
+        "teacher": teacher.info.run_id, "baseline": stages["train_baseline"].info.run_id,
+        "student": stages["train_student"].info.run_id}
+    import mlflow.pytorch
+    import torch
+
+    mlflow.set_tracking_uri(f"sqlite:///{proj}/mlflow.db")
+    loaded = mlflow.pytorch.load_model(f"models:/{models['teacher'].model_id}")
+    assert loaded(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_mlflow_ui_lists_the_stage_runs(project, tmp_path):
+    """Headless Chromium (Debian's chromium + chromium-driver) on `mlflow server`."""
+    for exe in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
+        if not Path(exe).exists():
+            pytest.skip(f"{exe} missing: `make test` installs the Debian packages chromium and chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from mlflow_server import mlflow_server
+
+    proj, _ = project
+    _, exp, parents, _ = mlflow_store(proj)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1500,820"):
+        opts.add_argument(arg)
+    with mlflow_server(f"sqlite:///{proj}/mlflow.db", proj / "mlartifacts", tmp_path / "server.log") as server:
+        browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+        try:
+            browser.get(f"{server.url}/#/experiments/{exp.experiment_id}/runs")
+            wait = WebDriverWait(browser, 90)
+            # Child runs sit folded under their parent until its row is expanded.
+            expand = wait.until(lambda b: b.find_elements(
+                By.CSS_SELECTOR, 'button[data-component-id*="runnamecellrenderer"]'))
+            for close in browser.find_elements(By.CSS_SELECTOR, 'button[aria-label="Close"]'):
+                close.click()  # the assistant side panel, which would hide half the table
+            expand[0].click()
+            wait.until(lambda b: "train_teacher" in b.find_element(By.TAG_NAME, "body").text)
+            table = browser.find_element(By.TAG_NAME, "body").text
+            shot = tmp_path / "mlflow-ui.png"
+            browser.save_screenshot(str(shot))
+        finally:
+            browser.quit()
+    assert parents[0].info.run_name in table
+    missing = {name for name in ALL_STAGES if name not in table}
+    assert not missing, f"stage runs not in the MLflow runs table: {missing}"
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("KD_SAVE_SCREENSHOT"):  # refresh the README picture: docs/mlflow-ui.png
+        shutil.copyfile(shot, REPO / "docs" / "mlflow-ui.png")
 
 
 def test_temperature_change_reruns_only_the_distilled_student(project):
@@ -46,6 +163,20 @@ def test_temperature_change_reruns_only_the_distilled_student(project):
     assert "5" in temps and "student.accuracy" in header
 
 
+def test_exp_run_gets_its_own_parent_run(project):
+    proj, _ = project
+    _, _, parents, children = mlflow_store(proj)
+    assert len(parents) == 2
+    exp = parents[-1]
+    commit = sh(["git", "rev-parse", "HEAD"], proj).stdout.strip()
+    exp_name = exp.data.tags["dvc_exp_name"]
+    assert exp.info.run_name == exp_name and exp_name in sh([sys.executable, "-m", "dvc", "exp", "list"], proj).stdout
+    assert exp.data.tags["dvc_baseline_rev"] == commit and exp.data.params["temperature"] == "5.0"
+    stages = children[exp.info.run_id]
+    assert set(stages) == {"check_params", "train_student", "evaluate"}  # what actually ran
+    assert all(r.data.tags["dvc_exp_name"] == exp_name for r in stages.values())
+
+
 def test_bad_param_fails_first_and_touches_no_output(project):
     proj, _ = project
     outputs = ["models/student.pt", "models/teacher.pt", "metrics/evaluate.json"]
@@ -60,9 +191,11 @@ def test_bad_param_fails_first_and_touches_no_output(project):
 def test_forced_rerun_gives_identical_metrics(project):
     proj, _ = project
     sh(["git", "checkout", "--", "params.yaml"], proj)
-    sh([sys.executable, "-m", "dvc", "repro"], proj)
+    # Tracking off (also saves time): results must not depend on it. The teacher's
+    # files still come from the first, tracked `dvc repro`.
+    sh([sys.executable, "-m", "dvc", "repro"], proj, env={"KD_TRACKING": "0"})
     files = ["metrics/evaluate.json", "metrics/teacher.json", "metrics/student.json",
              "metrics/curves/student.csv", "metrics/confusion/student.csv"]
     first = {f: (proj / f).read_bytes() for f in files}
-    sh([sys.executable, "-m", "dvc", "repro", "--force"], proj)
+    sh([sys.executable, "-m", "dvc", "repro", "--force"], proj, env={"KD_TRACKING": "0"})
     assert {f: (proj / f).read_bytes() for f in files} == first

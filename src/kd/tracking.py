@@ -257,7 +257,8 @@ class Tracker:
             client.log_batch(parent_id, params=[Param(k, v) for k, v in stage_params(params, None).items()])
         spec = dvc_stage(self.stage)
         child = client.create_run(exp_id, run_name=self.stage,
-                                  tags={**tags, "stage": self.stage, MLFLOW_PARENT_RUN_ID: parent_id})
+                                  tags={**tags, "stage": self.stage, MLFLOW_PARENT_RUN_ID: parent_id,
+                                        "mlflow.source.name": sys.argv[0], "mlflow.source.type": "LOCAL"})
         self._client, self.parent_id, self.run_id = client, parent_id, child.info.run_id
         keys = stage_param_keys(spec) if spec else []
         if keys is None or keys:
@@ -268,7 +269,9 @@ class Tracker:
         if exp is not None:
             return exp.experiment_id
         try:
-            return client.create_experiment(name, artifact_location=artifact_location(self.uri))
+            # The experiment kind makes the MLflow UI open on its model-training views.
+            return client.create_experiment(name, artifact_location=artifact_location(self.uri),
+                                            tags={"mlflow.experimentKind": "custom_model_development"})
         except Exception:  # created meanwhile by a parallel queued experiment
             exp = client.get_experiment_by_name(name)
             if exp is None:

@@ -1,0 +1,119 @@
+"""MLflow tracking: what a stage logs, and that a tracking failure never fails a stage."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO
+from kd.files import save_torch
+from kd.params import Params
+from kd.tracking import ENV_DEFAULTS, Tracker, dvc_stage, file_metrics, stage_param_keys, stage_params
+from mlflow_server import free_port, mlflow_server
+
+
+def repo_params(**changes) -> dict:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"]["mirror"] = None
+    for key, value in changes.items():
+        raw[key].update(value)
+    return raw
+
+
+def test_stage_params_are_the_ones_dvc_yaml_lists():
+    p = Params.model_validate(repo_params())
+    teacher = stage_params(p, stage_param_keys(dvc_stage("train_teacher", REPO / "dvc.yaml")))
+    assert teacher["seed"] == "0" and teacher["teacher.arch"] == "mlp1200"
+    assert not any(k.startswith("student.") or k == "temperature" for k in teacher)
+    student = stage_params(p, stage_param_keys(dvc_stage("train_student", REPO / "dvc.yaml")))
+    assert student["omit_classes"] == "[]" and student["temperature"] == "20.0" and "teacher.lr" not in student
+    assert stage_param_keys(dvc_stage("check_params", REPO / "dvc.yaml")) is None  # all of params.yaml
+    assert stage_params(p, None)["data.mirror"] == "null"
+    assert stage_param_keys(dvc_stage("no_such_stage", REPO / "dvc.yaml")) == []
+
+
+def test_metrics_files_become_metrics_named_like_dvc_columns(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("metrics").mkdir()
+    Path("metrics/evaluate.json").write_text(json.dumps(
+        {"student": {"accuracy": 0.98, "errors": 200}, "kd_gain": 0.01, "note": "text", "ok": True}))
+    assert file_metrics(Path("metrics/evaluate.json")) == {
+        "evaluate/student.accuracy": 0.98, "evaluate/student.errors": 200.0, "evaluate/kd_gain": 0.01}
+
+
+def test_unreachable_server_gives_one_warning_and_no_error(monkeypatch, capsys):
+    for key, value in ENV_DEFAULTS.items():
+        monkeypatch.setenv(key, value)  # restored after the test
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    tracker = Tracker("train_teacher")
+    tracker.start(Params.model_validate(repo_params()))
+    tracker.log_epoch({"epoch": 1, "train_loss": 1.0, "val_acc": 0.5})
+    tracker.log_figure(lambda: pytest.fail("drew a figure for a dead server"), "x.png")
+    tracker.end("FINISHED", seconds=1.0)
+    err = capsys.readouterr().err
+    assert err.count("warning: MLflow tracking") == 1, err
+    assert "[train_teacher] warning: MLflow tracking to http://127.0.0.1:" in err and "starting the run" in err
+    assert not tracker.active
+
+
+def toy_project(root: Path, epochs: int) -> Path:
+    """Enough of the repo to run the train_teacher stage on toy data, no dataset needed."""
+    for name in ("stages", "src", "dvc.yaml"):
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copyfile)(REPO / name, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(repo_params(teacher={"epochs": epochs, "batch_size": 100})))
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 200), ("val", 100)):
+        y = torch.arange(n) % 10
+        x = torch.randint(0, 60, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
+        save_torch({"x": x, "y": y}, root / "data" / "prepared" / f"{split}.pt")
+    return root
+
+
+def test_stage_survives_the_tracking_server_dying_mid_run(tmp_path):
+    epochs = 20
+    proj = toy_project(tmp_path / "proj", epochs)
+    store = f"sqlite:///{tmp_path}/server.db"
+    env = {k: v for k, v in os.environ.items() if k != "DVC_ROOT"}
+    stage = None
+    try:
+        with mlflow_server(store, tmp_path / "artifacts", tmp_path / "server.log") as server:
+            from mlflow import MlflowClient
+
+            stage = subprocess.Popen([sys.executable, "stages/train_teacher.py"], cwd=proj,
+                                     env={**env, "MLFLOW_TRACKING_URI": server.url, "OMP_NUM_THREADS": "1"},
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            client = MlflowClient(server.url)
+            run_id = None
+            deadline = time.monotonic() + 180
+            while run_id is None and time.monotonic() < deadline and stage.poll() is None:
+                exp = client.get_experiment_by_name("kd-mnist")
+                runs = client.search_runs([exp.experiment_id], "tags.stage = 'train_teacher'") if exp else []
+                if runs and client.get_metric_history(runs[0].info.run_id, "val_acc"):
+                    run_id = runs[0].info.run_id
+                    # Hold the stage still while the server dies, so it surely has epochs to go.
+                    os.kill(stage.pid, signal.SIGSTOP)
+                time.sleep(0.1)
+            assert run_id, "the stage never logged its first epoch to the server"
+        os.kill(stage.pid, signal.SIGCONT)
+        out, err = stage.communicate(timeout=300)
+    finally:
+        if stage is not None and stage.poll() is None:
+            stage.kill()
+            stage.wait()
+    assert stage.returncode == 0, err
+    assert err.count("warning: MLflow tracking") == 1, err
+    assert "Traceback" not in err
+    metrics = json.loads((proj / "metrics/teacher.json").read_text())
+    assert metrics["epochs"] == epochs
+    assert len((proj / "metrics/curves/teacher.csv").read_text().splitlines()) == epochs + 1
+    assert (proj / "models/teacher.pt").exists() and (proj / "metrics/timing/train_teacher.json").exists()
+    logged = MlflowClient(store).get_metric_history(run_id, "val_acc")
+    assert 1 <= len(logged) < epochs  # it really died mid-run
