@@ -107,7 +107,10 @@ def test_mlflow_ui_lists_the_stage_runs(project, tmp_path):
     """Headless Chromium (Debian's chromium + chromium-driver) on `mlflow server`."""
     for exe in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
         if not Path(exe).exists():
-            pytest.skip(f"{exe} missing: `make test` installs the Debian packages chromium and chromium-driver")
+            why = f"{exe} missing: `make test` installs the Debian packages chromium and chromium-driver"
+            if os.environ.get("KD_REQUIRE_BROWSER"):
+                pytest.fail(why)
+            pytest.skip(why)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
