@@ -26,7 +26,7 @@ test: $(STAMP) browser
 	python -m pytest
 
 # The MLflow UI test drives Debian's chromium through chromium-driver: no browser
-# download. Installed once; without root or sudo the test is skipped (.ci/run fails it).
+# download. Installed once; without root or sudo the test is skipped (under CI=true it fails).
 browser:
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \

@@ -3,7 +3,6 @@ import json
 import os
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -105,12 +104,11 @@ def test_mlflow_has_a_parent_run_and_a_child_per_stage(project):
 
 def test_mlflow_ui_lists_the_stage_runs(project, tmp_path):
     """Headless Chromium (Debian's chromium + chromium-driver) on `mlflow server`."""
-    for exe in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
-        if not Path(exe).exists():
-            why = f"{exe} missing: `make test` installs the Debian packages chromium and chromium-driver"
-            if os.environ.get("KD_REQUIRE_BROWSER"):
-                pytest.fail(why)
-            pytest.skip(why)
+    from system import require_apt
+
+    # `make test` installs both; require_apt covers a bare `pytest` (and fails under CI).
+    chromium = require_apt("chromium", "/usr/bin/chromium")
+    chromedriver = require_apt("chromium-driver", "/usr/bin/chromedriver")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -121,11 +119,11 @@ def test_mlflow_ui_lists_the_stage_runs(project, tmp_path):
     proj, _ = project
     _, exp, parents, _ = mlflow_store(proj)
     opts = webdriver.ChromeOptions()
-    opts.binary_location = "/usr/bin/chromium"
+    opts.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1500,820"):
         opts.add_argument(arg)
     with mlflow_server(f"sqlite:///{proj}/mlflow.db", proj / "mlartifacts", tmp_path / "server.log") as server:
-        browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+        browser = webdriver.Chrome(service=Service(chromedriver), options=opts)
         try:
             browser.get(f"{server.url}/#/experiments/{exp.experiment_id}/runs")
             wait = WebDriverWait(browser, 90)

@@ -16,7 +16,8 @@ from conftest import REPO
 from kd.files import save_torch
 from kd.params import Params
 from kd.tracking import ENV_DEFAULTS, Tracker, dvc_stage, file_metrics, stage_param_keys, stage_params
-from mlflow_server import free_port, mlflow_server
+from mlflow_server import mlflow_server
+from system import free_port
 
 
 def repo_params(**changes) -> dict:
