@@ -19,8 +19,10 @@ from kd.files import file_md5
 def proj(built_project, tmp_path, monkeypatch):
     src, _ = built_project
     dst = tmp_path / "proj"
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".git", "cache", "raw", "__pycache__"))
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".git", "cache", "raw", "__pycache__",
+                                                         "mlflow.db", "mlartifacts"))
     monkeypatch.chdir(dst)
+    monkeypatch.setenv("KD_TRACKING", "0")  # tracking has tests of its own
     monkeypatch.syspath_prepend(str(dst / "stages"))  # as `python stages/x.py` would
     return dst
 
