@@ -18,3 +18,21 @@ def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
     x = torch.rand(4, 1, 28, 28)
     assert meta["arch"] == "mlp800"
     assert torch.equal(model(x), loaded(x))
+
+
+@pytest.mark.parametrize("arch,expected", [("resnet18", 11_173_962), ("vgg13", 9_416_010)])
+def test_poster_conv_net_parameter_counts(arch, expected):
+    # The poster's 11.17M ResNet18 and 9.41M VGG13 (the public CIFAR variants)
+    assert count_params(new_model(arch, "cifar10")) == expected
+
+
+@pytest.mark.parametrize("arch", ["resnet8", "resnet20", "vgg8"])
+def test_small_conv_nets_classify_cifar_images_in_fp32_and_bf16(arch):
+    torch.manual_seed(0)
+    model = new_model(arch, "cifar10").eval()
+    x = torch.rand(3, 3, 32, 32)
+    assert model(x).shape == (3, 10)
+    fast = model.to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast(x).float()
+    assert torch.allclose(out, model(x), atol=0.1, rtol=0.1)  # bf16 is close, not equal

@@ -42,4 +42,4 @@ def count_params(model: nn.Module) -> int:
 
 
 # Registration happens on import.
-from kd.models import mlp  # noqa: E402,F401
+from kd.models import mlp, resnet, vgg  # noqa: E402,F401
