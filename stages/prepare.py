@@ -12,9 +12,10 @@ with stage("prepare") as run:
     info = DATASETS[p.dataset]
     with staged_dir(RAW / p.dataset) as tmp:  # a failed fetch leaves the old raw data alone
         raw = info.fetch(resolve_mirror(p.mirror), tmp)
-    train, val = split_train_val(*raw["train"], p.val_size, p.split_seed)
-    train = tuple(t[: p.max_train] for t in train)
-    for split, (x, y) in {"train": train, "val": val, "test": raw["test"]}.items():
+    # max_train applies before indexing: a lazily decoded dataset decodes only what is kept.
+    train, val = split_train_val(*raw["train"], p.val_size, p.split_seed, p.max_train)
+    x_test, y_test = raw["test"]
+    for split, (x, y) in {"train": train, "val": val, "test": (x_test[:], y_test)}.items():
         check_split(split, x, y, info)
         save_torch({"x": x, "y": y}, split_file(split))
         print(f"{split}: {len(y)} images, {tuple(x.shape[1:])}")

@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from kd.files import file_md5
+from kd.files import file_md5, write_json
 
 
 class DataError(RuntimeError):
@@ -63,6 +63,95 @@ def fetch_mnist(mirror: Path | None, raw_dir: Path) -> dict[str, tuple[torch.Ten
     return out
 
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_PER_CLASS = {"train": 5000, "test": 1000}
+
+
+def _decode_jpegs(files: list[Path]) -> torch.Tensor:
+    """uint8 [N, 3, 32, 32]; one batched decode, a clear error naming a bad file."""
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    blobs = [read_file(str(f)) for f in files]
+    try:
+        images = decode_jpeg(blobs, mode=ImageReadMode.RGB)
+    except RuntimeError:
+        images = []
+        for f, b in zip(files, blobs):  # the batch failed: find the culprit
+            try:
+                images.append(decode_jpeg(b, mode=ImageReadMode.RGB))
+            except RuntimeError as e:
+                raise DataError(f"{f}: not a decodable JPEG ({e})") from None
+    for f, img in zip(files, images):
+        if tuple(img.shape) != (3, 32, 32):
+            raise DataError(f"{f}: expected a 32x32 RGB image, got shape {tuple(img.shape)}")
+    return torch.stack(images)
+
+
+class JpegFiles:
+    """Images decoded only when indexed, so a smoke test on a subset decodes only the subset."""
+
+    def __init__(self, files: list[Path]):
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        idx = torch.arange(len(self.files))[idx]
+        return _decode_jpegs([self.files[i] for i in idx.tolist()])
+
+
+def _cifar10_from_jpegs(root: Path, split: str) -> tuple[JpegFiles, torch.Tensor]:
+    per_class = CIFAR10_PER_CLASS[split]
+    folders = [root / split / name for name in CIFAR10_CLASSES]  # class index = alphabetical order
+    for folder in folders:
+        for i in range(per_class):
+            if not (folder / f"{i:04d}.jpg").is_file():
+                raise DataError(f"{folder / f'{i:04d}.jpg'}: missing from the CIFAR-10 mirror")
+        extra = sorted(set(folder.glob("*")) - {folder / f"{i:04d}.jpg" for i in range(per_class)})
+        if extra:
+            raise DataError(f"{extra[0]}: unexpected extra file in the CIFAR-10 mirror")
+    # Round-robin over classes (image i of class c at 10*i + c), so that every
+    # prefix, e.g. data.max_train, is class-balanced like the official order.
+    files = [folder / f"{i:04d}.jpg" for i in range(per_class) for folder in folders]
+    labels = torch.arange(len(CIFAR10_CLASSES)).repeat(per_class)
+    return JpegFiles(files), labels
+
+
+def fetch_cifar10(mirror: Path | None, raw_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Return {"train": (x, y), "test": (x, y)}; x[idx] gives uint8 [n, 3, 32, 32].
+
+    The mirror is a JPEG (q75) copy: it is decoded straight from the read-only
+    tree (lazily: only the images indexed), nothing is copied. Without a
+    mirror: torchvision's official pickles.
+    """
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    if mirror is not None:
+        root = mirror / "cifar10-jpeg"
+        if not root.is_dir():
+            raise DataError(f"{root}: no CIFAR-10 JPEG tree in the mirror")
+        out = {split: _cifar10_from_jpegs(root, split) for split in ("train", "test")}
+        source = {"source": str(root), "format": "jpeg-q75"}
+    else:
+        from torchvision.datasets import CIFAR10
+
+        out = {}
+        for split, train in (("train", True), ("test", False)):
+            try:
+                ds = CIFAR10(raw_dir, train=train, download=True)
+            except Exception as e:  # URLError, RuntimeError (bad md5), ...
+                raise DataError(f"CIFAR-10 {split}: could not load the official download (no network?): {e}") from e
+            out[split] = (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))
+        source = {"source": "torchvision CIFAR10", "format": "official pickles"}
+    for split, (_, y) in out.items():
+        counts = torch.bincount(y, minlength=len(CIFAR10_CLASSES)).tolist()
+        if counts != [CIFAR10_PER_CLASS[split]] * len(CIFAR10_CLASSES):
+            raise DataError(f"CIFAR-10 {split}: class counts {counts}, expected {CIFAR10_PER_CLASS[split]} each")
+    # Says which copy the numbers were measured on (JPEG accuracies run a little lower).
+    write_json(raw_dir / "source.json", source)
+    return out
+
+
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
         num_classes=10,
@@ -73,14 +162,24 @@ DATASETS: dict[str, DatasetInfo] = {
         fetch=fetch_mnist,
         classes=tuple(str(d) for d in range(10)),
     ),
+    "cifar10": DatasetInfo(
+        num_classes=10,
+        train_size=50000,
+        shape=(3, 32, 32),
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        fetch=fetch_cifar10,
+        classes=CIFAR10_CLASSES,
+    ),
 }
 
 
-def split_train_val(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int):
+def split_train_val(x, y: torch.Tensor, val_size: int, seed: int, max_train: int | None = None):
+    """Seeded split; then only the first max_train training images (smoke tests)."""
     if not 0 < val_size < len(y):
         raise DataError(f"data.val_size={val_size} must be between 1 and {len(y) - 1}")
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    val, train = perm[:val_size].sort().values, perm[val_size:].sort().values
+    val, train = perm[:val_size].sort().values, perm[val_size:].sort().values[:max_train]
     return (x[train], y[train]), (x[val], y[val])
 
 
