@@ -1,15 +1,26 @@
-"""Stage generate_soft_labels: teacher logits for every training image, once."""
+"""Stage generate_soft_labels: teacher logits for every training image, once.
+
+cached mode: for each image, soft_labels.views augmented views drawn with the
+student's augmentation (jitter, flip) from `seed`; live mode: nothing to
+precompute, the file only records the mode.
+"""
 import _bootstrap  # noqa: F401
 
 from kd.checkpoint import load_model
-from kd.evaluate import predict
 from kd.paths import SOFT_LABELS, model_file, split_file
-from kd.soft_labels import save_soft_labels
+from kd.soft_labels import ViewCache, save_soft_labels, teacher_view_logits, view_shifts
 from kd.stage import load_split, stage
 
 with stage("generate_soft_labels") as run:
-    teacher, _ = load_model(model_file("teacher"))
-    x, _ = load_split("train")
-    logits = predict(teacher.to(run.device), x, device=run.device)
-    save_soft_labels(SOFT_LABELS, logits, teacher=model_file("teacher"), data=split_file("train"))
-    print(f"{len(logits)} teacher logits -> {SOFT_LABELS}")
+    p = run.params
+    s, mode = p.student, p.soft_labels.mode
+    cache = None
+    if mode == "cached":
+        teacher, _ = load_model(model_file("teacher"))
+        x, _ = load_split("train")
+        shifts = view_shifts(len(x), p.soft_labels.views, s.jitter, s.flip, p.seed)
+        logits = teacher_view_logits(teacher.to(run.device), x, shifts, p.soft_labels.views,
+                                     device=run.device, amp=p.teacher.amp)
+        cache = ViewCache(shifts, s.jitter, s.flip, logits)
+        print(f"{logits.shape[0]} views x {logits.shape[1]} images of teacher logits -> {SOFT_LABELS}")
+    save_soft_labels(SOFT_LABELS, cache, teacher=model_file("teacher"), data=split_file("train"), mode=mode)

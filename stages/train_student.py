@@ -3,18 +3,24 @@ import _bootstrap  # noqa: F401
 
 from functools import partial
 
+from kd.checkpoint import load_model
 from kd.files import file_md5
 from kd.losses import LOSSES
 from kd.paths import SOFT_LABELS, model_file, split_file
-from kd.soft_labels import load_soft_labels
+from kd.soft_labels import live_teacher, load_soft_labels
 from kd.stage import keep_classes, load_split, stage, train_model
 
 with stage("train_student", ddp=True) as run:
     p = run.params
     x, y = load_split("train")
-    logits = load_soft_labels(SOFT_LABELS, teacher=model_file("teacher"), data=split_file("train"), n=len(y))
     x, y, keep = keep_classes(x, y, p.omit_classes)
     loss = partial(LOSSES["kd"], temperature=p.temperature, alpha=p.alpha)
-    train_model(run, "student", p.student, x, y, loss, extras={"teacher_logits": logits[keep]},
-                config={"omit": p.omit_classes, "T": p.temperature, "alpha": p.alpha,
-                        "soft_labels": file_md5(SOFT_LABELS)})
+    config = {"omit": p.omit_classes, "T": p.temperature, "alpha": p.alpha, "soft_labels": file_md5(SOFT_LABELS)}
+    if p.soft_labels.mode == "cached":
+        views = load_soft_labels(SOFT_LABELS, teacher=model_file("teacher"), data=split_file("train"),
+                                 n=len(keep), max_shift=p.student.jitter, flip=p.student.flip)
+        train_model(run, "student", p.student, x, y, loss, views=views.subset(keep), config=config)
+    else:
+        teacher, _ = load_model(model_file("teacher"))
+        train_model(run, "student", p.student, x, y, loss, config=config,
+                    teacher=live_teacher(teacher, run.device, p.teacher.amp))

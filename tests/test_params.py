@@ -77,3 +77,28 @@ def test_relative_mirror_is_taken_from_the_real_repo_inside_a_queued_experiment(
     assert project_root(exp_dir) == tmp_path / "repo"
     assert project_root(tmp_path) == tmp_path.resolve()
     shutil.rmtree(tmp_path / "repo")
+
+
+def _keys(node, prefix=""):
+    if not isinstance(node, dict):
+        return {prefix}
+    return set().union(*(_keys(v, f"{prefix}{k}.") for k, v in node.items()))
+
+
+@pytest.mark.parametrize("profile", sorted((REPO / "profiles").glob("*.yaml")), ids=lambda p: p.stem)
+def test_profiles_are_valid_params_files_with_the_same_keys(profile, tmp_path):
+    raw = yaml.safe_load(profile.read_text())
+    assert raw["data"]["mirror"] == "../shared/datasets"  # the same relative default as params.yaml
+    raw["data"]["mirror"] = str(tmp_path)  # the profile is used from the repo root, not profiles/
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert load_params(tmp_path / "params.yaml").data.dataset == "cifar10"
+    # A key added to params.yaml must be added to every profile too.
+    assert _keys(yaml.safe_load(profile.read_text())) == _keys(yaml.safe_load((REPO / "params.yaml").read_text()))
+
+
+def test_several_views_need_student_augmentation(tmp_path):
+    def edit(params):
+        params["soft_labels"] = {"mode": "cached", "views": 4}
+        params["student"].update(jitter=0, flip=False)
+    with pytest.raises(ParamsError, match="soft_labels.views: 4 views are all the same image"):
+        load_params(write(tmp_path, edit))

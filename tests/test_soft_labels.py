@@ -1,23 +1,120 @@
 import pytest
 import torch
 
-from kd.soft_labels import StaleSoftLabelsError, load_soft_labels, save_soft_labels
+from kd.augment import apply_shifts
+from kd.checkpoint import new_model
+from kd.losses import LOSSES
+from kd.params import TrainParams
+from kd.soft_labels import (StaleSoftLabelsError, ViewCache, live_teacher, load_soft_labels, save_soft_labels,
+                            teacher_view_logits, view_shifts)
+from kd.train import TensorBatches, fit
+
+CPU = torch.device("cpu")
 
 
-def test_soft_labels_refuse_another_teacher_or_data(tmp_path):
-    teacher, data, out = tmp_path / "teacher.pt", tmp_path / "train.pt", tmp_path / "soft.pt"
-    teacher.write_bytes(b"teacher v1")
+@pytest.fixture
+def cifar_like():
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (40, 3, 32, 32), generator=g, dtype=torch.uint8), torch.arange(40) % 10
+
+
+@pytest.fixture
+def teacher():
+    torch.manual_seed(0)
+    return new_model("resnet8", "cifar10").eval()
+
+
+def make_cache(teacher, x, views=3, seed=0):
+    shifts = view_shifts(len(x), views, 4, True, seed)
+    return ViewCache(shifts, 4, True, teacher_view_logits(teacher, x, shifts, views, device=CPU, batch_size=16))
+
+
+def test_views_are_reproducible_from_the_seed():
+    def fields(s):
+        return s.dy, s.dx, s.mirrored
+
+    a, b, c = view_shifts(50, 3, 4, True, 7), view_shifts(50, 3, 4, True, 7), view_shifts(50, 3, 4, True, 8)
+    assert all(torch.equal(u, v) for u, v in zip(fields(a), fields(b)))
+    assert not torch.equal(a.dy, c.dy)
+    assert a.dy.shape[:2] == (3, 50) and a.mirrored.shape == (3, 50) and int(a.dy.max()) <= 8
+    # view k of image i does not depend on how many views were drawn
+    assert all(torch.equal(u[:2], v) for u, v in zip(fields(a), fields(view_shifts(50, 2, 4, True, 7))))
+    assert view_shifts(50, 1, 0, False, 7) is None  # nothing to draw without augmentation
+
+
+def test_cached_logits_of_view_k_equal_the_teacher_on_view_k(teacher, cifar_like):
+    x, _ = cifar_like
+    cache = make_cache(teacher, x)
+    with torch.no_grad():
+        for k in range(3):
+            view = apply_shifts(x, cache.shifts[k])
+            assert torch.allclose(cache.logits[k], teacher(view.float() / 255), atol=1e-5)
+    assert not torch.allclose(cache.logits[0], cache.logits[1])  # views differ
+
+
+def test_student_batches_carry_the_logits_of_the_view_they_show(teacher, cifar_like):
+    x, y = cifar_like
+    cache = make_cache(teacher, x)
+    keep = y != 3  # omit_classes=[3]
+    batches = TensorBatches(x[keep], y[keep], 8, seed=1, shift=4, flip=True, views=cache.subset(keep))
+    seen_views = 0
+    with torch.no_grad():
+        for epoch in range(2):
+            for xb, batch in batches.epoch(epoch, CPU):
+                assert torch.allclose(teacher(xb), batch["teacher_logits"], atol=1e-5)
+                seen_views += len(xb)
+    assert seen_views == 2 * int(keep.sum())
+    with pytest.raises(ValueError, match="jitter=4, flip=True does not fit"):
+        TensorBatches(x, y, 8, seed=1, shift=2, flip=True, views=cache)
+
+
+def test_live_teacher_trains_a_student_on_the_batch_it_sees(teacher, cifar_like):
+    x, y = cifar_like
+    seen = []
+    live = live_teacher(teacher, CPU, amp=False)
+
+    def loss(logits, batch):
+        seen.append(batch["teacher_logits"])
+        return LOSSES["kd"](logits, batch, temperature=4, alpha=0.9)
+
+    cfg = TrainParams(arch="vgg8", epochs=1, batch_size=16, lr=0.05, jitter=4, flip=True)
+    student = new_model("vgg8", "cifar10")
+    history = fit(student, TensorBatches(x, y, 16, seed=0, shift=4, flip=True), (x[:8], y[:8]), loss, cfg,
+                  device=CPU, teacher=live)
+    assert len(seen) == 3 and seen[0].shape == (16, 10) and history[0]["train_loss"] > 0
+
+
+def test_soft_labels_refuse_another_teacher_data_or_augmentation(tmp_path, teacher, cifar_like):
+    x, _ = cifar_like
+    teacher_file, data, out = tmp_path / "teacher.pt", tmp_path / "train.pt", tmp_path / "soft.pt"
+    teacher_file.write_bytes(b"teacher v1")
     data.write_bytes(b"data v1")
-    logits = torch.randn(5, 10)
-    save_soft_labels(out, logits, teacher=teacher, data=data)
-    assert torch.equal(load_soft_labels(out, teacher=teacher, data=data, n=5), logits)
+    cache = make_cache(teacher, x, views=2)
+    save_soft_labels(out, cache, teacher=teacher_file, data=data, mode="cached")
+    kw = dict(teacher=teacher_file, data=data, n=40, max_shift=4, flip=True)
+    loaded = load_soft_labels(out, **kw)
+    assert torch.equal(loaded.logits, cache.logits) and torch.equal(loaded.shifts.dx, cache.shifts.dx)
 
-    with pytest.raises(StaleSoftLabelsError, match="holds 5 logits for 6"):
-        load_soft_labels(out, teacher=teacher, data=data, n=6)
-    teacher.write_bytes(b"teacher v2")
+    with pytest.raises(StaleSoftLabelsError, match="holds 40 logits for 41"):
+        load_soft_labels(out, **{**kw, "n": 41})
+    with pytest.raises(StaleSoftLabelsError, match="jitter=4, flip=True, but the student trains with jitter=2"):
+        load_soft_labels(out, **{**kw, "max_shift": 2})
+    teacher_file.write_bytes(b"teacher v2")
     with pytest.raises(StaleSoftLabelsError, match="teacher.pt"):
-        load_soft_labels(out, teacher=teacher, data=data, n=5)
-    teacher.write_bytes(b"teacher v1")
+        load_soft_labels(out, **kw)
+    teacher_file.write_bytes(b"teacher v1")
     data.write_bytes(b"data v2")
     with pytest.raises(StaleSoftLabelsError, match="train.pt"):
-        load_soft_labels(out, teacher=teacher, data=data, n=5)
+        load_soft_labels(out, **kw)
+    data.write_bytes(b"data v1")
+    save_soft_labels(out, None, teacher=teacher_file, data=data, mode="live")
+    with pytest.raises(StaleSoftLabelsError, match="mode=live"):
+        load_soft_labels(out, **kw)
+
+
+def test_one_view_without_augmentation_is_the_clean_image(teacher, cifar_like):
+    x, _ = cifar_like
+    shifts = view_shifts(len(x), 1, 0, False, 0)
+    logits = teacher_view_logits(teacher, x, shifts, 1, device=CPU)
+    with torch.no_grad():
+        assert torch.allclose(logits[0], teacher(x.float() / 255), atol=1e-5)

@@ -55,7 +55,8 @@ class TrainParams(_Strict):
     lr: float = Field(gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    # step: lr x0.2 at 30/60/80% of training (epochs 60/120/160 of 200, the WRN/Tf-KD recipe).
+    schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"
     dropout: float = Field(0.0, ge=0, lt=1)
     input_dropout: float = Field(0.0, ge=0, lt=1)
     # Random translation by up to this many pixels (Hinton's "jitter").
@@ -79,6 +80,15 @@ class DistributedParams(_Strict):
     processes: int = Field(1, ge=1)
 
 
+class SoftLabelParams(_Strict):
+    # A student trained on augmented images must be matched to the teacher's
+    # logits for the same augmented image. cached: the teacher labels `views`
+    # seed-reproducible augmented views of each image once, and the student
+    # draws one of them per sample; live: the teacher runs on every batch.
+    mode: Literal["cached", "live"] = "cached"
+    views: int = Field(1, ge=1)
+
+
 class Params(_Strict):
     temperature: float = Field(gt=0)
     alpha: float = Field(ge=0, le=1)
@@ -87,6 +97,7 @@ class Params(_Strict):
     data: DataParams
     teacher: TrainParams
     student: TrainParams
+    soft_labels: SoftLabelParams = SoftLabelParams()
     distributed: DistributedParams = DistributedParams()
 
     @model_validator(mode="after")
@@ -107,6 +118,12 @@ class Params(_Strict):
             if size % n:
                 raise ValueError(f"{role}.batch_size: {size} is not a multiple of distributed.processes={n} "
                                  "(each process takes an equal share of every batch)")
+        s = self.student
+        if self.soft_labels.views > 1 and not (s.jitter or s.flip):
+            raise ValueError(
+                f"soft_labels.views: {self.soft_labels.views} views are all the same image "
+                "when student.jitter is 0 and student.flip is false; use 1"
+            )
         if len(set(self.omit_classes)) >= num_classes:
             raise ValueError("omit_classes: omits every class; the student would have no data")
         return self

@@ -3,25 +3,107 @@
 Logits, not probabilities: the temperature is applied in the loss, so changing
 it never recomputes them. The hashes let a student refuse logits that came
 from another teacher or another copy of the data.
+
+Under augmentation the student must be matched to the teacher's logits for the
+*same* augmented image, not for the clean one. The view cache stores, for each
+training image i and view k < K, the augmentation parameters and the teacher's
+logits of that view; the student draws one view per sample. View k of image i
+is the i-th draw of a generator seeded with (seed, k), so the views can be
+regenerated exactly (`view_shifts`). With no augmentation and K=1 the single
+view is the clean image: plain Hinton soft labels.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from kd.augment import Shifts, apply_shifts, draw_shifts
+from kd.device import autocast
 from kd.files import file_md5, load_torch, save_torch
 
 
 class StaleSoftLabelsError(RuntimeError):
-    """Soft labels do not belong to the current teacher or data."""
+    """Soft labels do not belong to the current teacher, data or augmentation."""
 
 
-def save_soft_labels(path: Path, logits: torch.Tensor, *, teacher: Path, data: Path) -> None:
-    save_torch({"logits": logits, "teacher_md5": file_md5(teacher), "data_md5": file_md5(data)}, path)
+@dataclass(frozen=True)
+class ViewCache:
+    shifts: Shifts | None  # indexed [view, image]; None: no augmentation, every view is the clean image
+    max_shift: int
+    flip: bool
+    logits: torch.Tensor  # float32 [K, N, classes]
+
+    @property
+    def views(self) -> int:
+        return self.logits.shape[0]
+
+    def __len__(self) -> int:
+        return self.logits.shape[1]
+
+    def subset(self, keep: torch.Tensor) -> "ViewCache":
+        """Only the images selected by `keep` (a mask or index over N)."""
+        shifts = self.shifts[:, keep] if self.shifts else None
+        return ViewCache(shifts, self.max_shift, self.flip, self.logits[:, keep])
+
+    def lookup(self, k: torch.Tensor, idx: torch.Tensor) -> tuple[Shifts | None, torch.Tensor]:
+        """Augmentation and teacher logits of view k[j] of image idx[j]."""
+        return (self.shifts[k, idx] if self.shifts else None), self.logits[k, idx]
 
 
-def load_soft_labels(path: Path, *, teacher: Path, data: Path, n: int) -> torch.Tensor:
+def view_shifts(n: int, views: int, max_shift: int, flip: bool, seed: int) -> Shifts | None:
+    """The augmentation of every (view, image), indexed [view, image]; None without augmentation."""
+    per_view = [draw_shifts(n, max_shift, torch.Generator().manual_seed(seed * 1_000_003 + k), flip)
+                for k in range(views)]
+    if per_view[0] is None:
+        return None
+    mirrored = torch.stack([v.mirrored for v in per_view]) if flip else None
+    return Shifts(max_shift, torch.stack([v.dy for v in per_view]), torch.stack([v.dx for v in per_view]), mirrored)
+
+
+@torch.no_grad()
+def teacher_view_logits(teacher: nn.Module, x: torch.Tensor, shifts: Shifts | None, views: int, *,
+                        device: torch.device, amp: bool = False, batch_size: int = 1000) -> torch.Tensor:
+    """float32 [views, N, classes] logits of the teacher on each view of uint8 images x."""
+    teacher.eval()
+    out = []
+    for k in range(views):
+        chunks = []
+        for start in range(0, len(x), batch_size):
+            sl = slice(start, start + batch_size)
+            xb = apply_shifts(x[sl], shifts[k, sl] if shifts else None)
+            with autocast(device, amp):
+                chunks.append(teacher(xb.to(device).float().div_(255)).float().cpu())
+        out.append(torch.cat(chunks))
+    return torch.stack(out)
+
+
+def live_teacher(teacher: nn.Module, device: torch.device, amp: bool):
+    """The `live` mode: teacher logits of exactly the batch the student sees."""
+    teacher.to(device).eval()
+
+    @torch.no_grad()
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        with autocast(device, amp):
+            return teacher(x).float()
+    return logits
+
+
+def save_soft_labels(path: Path, cache: ViewCache | None, *, teacher: Path, data: Path, mode: str) -> None:
+    """cache=None in live mode: the file then only records that choice."""
+    blob = {"mode": mode, "teacher_md5": file_md5(teacher), "data_md5": file_md5(data)}
+    if cache is not None:
+        sh = cache.shifts
+        blob.update(logits=cache.logits, max_shift=cache.max_shift, flip=cache.flip,
+                    shift_dy=sh.dy if sh else None, shift_dx=sh.dx if sh else None,
+                    shift_mirrored=sh.mirrored if sh else None)
+    save_torch(blob, path)
+
+
+def load_soft_labels(path: Path, *, teacher: Path, data: Path, n: int, max_shift: int = 0,
+                     flip: bool = False) -> ViewCache:
     blob = load_torch(path)
     for key, src in (("teacher_md5", teacher), ("data_md5", data)):
         if blob[key] != file_md5(src):
@@ -29,6 +111,16 @@ def load_soft_labels(path: Path, *, teacher: Path, data: Path, n: int) -> torch.
                 f"{path} was made from a different {src} ({key} {blob[key]} != {file_md5(src)}); "
                 "rerun `dvc repro generate_soft_labels`"
             )
-    if len(blob["logits"]) != n:
-        raise StaleSoftLabelsError(f"{path} holds {len(blob['logits'])} logits for {n} images")
-    return blob["logits"]
+    if blob["mode"] != "cached":
+        raise StaleSoftLabelsError(f"{path} was made for soft_labels.mode={blob['mode']}, not cached")
+    if (blob["max_shift"], blob["flip"]) != (max_shift, flip):
+        raise StaleSoftLabelsError(
+            f"{path} holds views with jitter={blob['max_shift']}, flip={blob['flip']}, but the student "
+            f"trains with jitter={max_shift}, flip={flip}; rerun `dvc repro generate_soft_labels`"
+        )
+    if blob["logits"].shape[1] != n:
+        raise StaleSoftLabelsError(f"{path} holds {blob['logits'].shape[1]} logits for {n} images")
+    shifts = None
+    if blob["shift_dy"] is not None:
+        shifts = Shifts(blob["max_shift"], blob["shift_dy"], blob["shift_dx"], blob["shift_mirrored"])
+    return ViewCache(shifts, blob["max_shift"], blob["flip"], blob["logits"])

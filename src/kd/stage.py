@@ -86,20 +86,21 @@ def keep_classes(x, y, omit: list[int]):
     return x[keep], y[keep], keep
 
 
-def train_model(run: StageRun, role: str, cfg, x, y, loss_fn, *, extras=None, config=None) -> None:
+def train_model(run: StageRun, role: str, cfg, x, y, loss_fn, *, extras=None, config=None,
+                views=None, teacher=None) -> None:
     """Train one model of the pipeline and write its checkpoint, curve and metrics."""
     p = run.params
     model = new_model(cfg.arch, p.data.dataset, dropout=cfg.dropout, input_dropout=cfg.input_dropout)
     if cfg.amp:
         model = model.to(memory_format=torch.channels_last)
     batches = TensorBatches(x, y, cfg.batch_size, p.seed, shift=cfg.jitter, flip=cfg.flip, extras=extras or {},
-                            rank=distributed.rank(), world=distributed.world_size())
+                            views=views, rank=distributed.rank(), world=distributed.world_size())
     key = resume_key(run.name, {"cfg": cfg.model_dump(), "seed": p.seed, **(config or {})},
                      {"train": file_md5(split_file("train"))})
     resume = ResumeState(run.name, key)
     val = load_split("val")
     history = fit(model, batches, val, loss_fn, cfg, device=run.device, amp=cfg.amp, resume=resume,
-                  on_epoch=run.tracking.log_epoch)  # a no-op on ranks other than 0
+                  on_epoch=run.tracking.log_epoch, teacher=teacher)  # log_epoch: a no-op on ranks other than 0
     if not distributed.is_main():
         return  # rank 0 holds the same weights and writes everything
     save_model(model_file(role), model, arch=cfg.arch, dataset=p.data.dataset,

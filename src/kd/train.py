@@ -16,6 +16,7 @@ from kd.device import autocast
 from kd.evaluate import predict
 from kd.params import TrainParams
 from kd.resume import ResumeState
+from kd.soft_labels import ViewCache
 
 
 class DivergedError(RuntimeError):
@@ -45,11 +46,18 @@ class TensorBatches:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-sample targets
     rank: int = 0
     world: int = 1
+    # Cached teacher views: each sample is shown as one of its K stored views
+    # (instead of a fresh shift) and comes with that view's teacher logits.
+    views: ViewCache | None = None
 
     def __post_init__(self):
         if self.batch_size % self.world:
             raise ValueError(f"batch_size {self.batch_size} must be a multiple of the {self.world} "
                              "distributed processes")
+        v = self.views
+        if v is not None and (len(v), v.max_shift, v.flip) != (len(self.y), self.shift, self.flip):
+            raise ValueError(f"view cache for {len(v)} images with jitter={v.max_shift}, flip={v.flip} does not "
+                             f"fit {len(self.y)} images with jitter={self.shift}, flip={self.flip}")
 
     def __len__(self) -> int:
         return math.ceil(len(self.y) / self.batch_size)
@@ -61,11 +69,21 @@ class TensorBatches:
         order = torch.cat([order, order[:pad]])
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            shifts = draw_shifts(len(idx), self.shift, g, self.flip)  # same draws on every rank
+            # Same draws on every rank; each rank then takes its slice.
+            if self.views is None:
+                shifts = draw_shifts(len(idx), self.shift, g, self.flip)
+            else:
+                view = (torch.randint(0, self.views.views, (len(idx),), generator=g) if self.views.views > 1
+                        else torch.zeros(len(idx), dtype=torch.long))
             mine = slice(self.rank, None, self.world)
             idx = idx[mine]
-            x = apply_shifts(self.x[idx], shifts[mine] if shifts else None)
             batch = {"y": self.y[idx].to(device), **{k: v[idx].to(device) for k, v in self.extras.items()}}
+            if self.views is None:
+                x = apply_shifts(self.x[idx], shifts[mine] if shifts else None)
+            else:
+                shifts, logits = self.views.lookup(view[mine], idx)
+                batch["teacher_logits"] = logits.to(device)
+                x = apply_shifts(self.x[idx], shifts)
             yield x.to(device, non_blocking=True).float().div_(255), batch
 
 
@@ -77,6 +95,9 @@ def make_optimizer(model: nn.Module, cfg: TrainParams, steps: int):
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
+    elif cfg.schedule == "step":
+        milestones = [round(steps * f) for f in (0.3, 0.6, 0.8)]
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.2)
     elif cfg.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     else:
@@ -95,12 +116,14 @@ def fit(
     amp: bool = False,
     resume: ResumeState | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[dict]:
     """Train `model` for cfg.epochs; return one dict of metrics per epoch.
 
     Under torchrun every rank calls this with its own shard of `batches`; the
     returned metrics are over all ranks, and only rank 0 prints and saves the
-    resume state. `on_epoch` runs on every rank.
+    resume state. `on_epoch` runs on every rank. `teacher`, if given, maps each
+    training batch to its teacher logits (live KD).
     """
     model.to(device)
     net = distributed.wrap(model, device)  # trains; `model` is the plain module inside
@@ -125,6 +148,8 @@ def fit(
         bar = tqdm(batches.epoch(epoch, device), total=len(batches), leave=False,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if main else True)
         for step, (x, batch) in enumerate(bar):
+            if teacher is not None:
+                batch["teacher_logits"] = teacher(x)
             with autocast(device, amp):
                 logits = net(x)
             loss = loss_fn(logits.float(), batch)
