@@ -1,0 +1,52 @@
+"""End to end on a tiny CIFAR-10 subset: the CPU profile, shrunken, cached then live views."""
+import json
+import shutil
+import sys
+
+import pytest
+import yaml
+
+from conftest import MIRROR, REPO
+from test_pipeline import PROJECT_FILES, sh, stages_run
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    if not (MIRROR / "cifar10-jpeg").is_dir():
+        pytest.skip("needs the CIFAR-10 mirror")
+    proj = tmp_path_factory.mktemp("cifar")
+    for name in PROJECT_FILES:
+        src, dst = REPO / name, proj / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, dst)
+    params = yaml.safe_load((REPO / "profiles" / "cifar10-cpu.yaml").read_text())
+    params["data"].update(mirror=str(MIRROR), max_train=300, val_size=100)
+    params["teacher"].update(arch="resnet8", epochs=2, batch_size=50)
+    params["student"].update(arch="vgg8", epochs=2, batch_size=50)  # heterogeneous KD
+    params["soft_labels"]["views"] = 2
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(["git", "init", "-q", "-b", "main"], proj)
+    sh(["git", "add", "-A"], proj)
+    sh(["git", "commit", "-qm", "init"], proj)
+    return proj, sh([sys.executable, "-m", "dvc", "repro"], proj)
+
+
+def test_cached_views_pipeline_runs_end_to_end(project):
+    proj, out = project
+    assert "evaluate" in stages_run(out)
+    metrics = json.loads((proj / "metrics/evaluate.json").read_text())
+    assert metrics["teacher"]["params"] == 78_042 and metrics["student"]["params"] == 147_930
+    for role in ("teacher", "baseline", "student"):
+        assert metrics[role]["errors"] == round((1 - metrics[role]["accuracy"]) * 10000)
+    assert json.loads((proj / "metrics/student.json").read_text())["train_samples"] == 300
+    assert "source.json" in {p.name for p in (proj / "data/raw/cifar10").iterdir()}
+    assert "2 views x 300 images" in out.stdout
+
+
+def test_live_mode_reruns_only_the_student_side(project):
+    proj, _ = project
+    out = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", "soft_labels.mode=live",
+              "-S", "soft_labels.views=1"], proj)
+    assert stages_run(out) == {"check_params", "generate_soft_labels", "train_student", "evaluate"}
+    metrics = json.loads((proj / "metrics/evaluate.json").read_text())
+    assert 0 < metrics["student"]["accuracy"] <= 1
