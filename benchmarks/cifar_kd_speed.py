@@ -1,0 +1,193 @@
+"""Student-epoch speed of KD on CIFAR-10: our loop against the common recipe of
+public KD repos, same nets, same machine, one run.
+
+    python benchmarks/cifar_kd_speed.py --quick                  # 60 batches each
+    python benchmarks/cifar_kd_speed.py --batches 300 --threads 1
+
+common: torchvision-style dataset (PIL image per sample) + DataLoader with
+        per-sample RandomCrop(32, 4) / flip / ToTensor / Normalize, fp32, the
+        teacher run on every batch (what e.g. Tf-KD or kuangliu-based code does).
+ours:   `kd.train.fit` on uint8 tensors with batched augmentation, bf16
+        autocast + channels_last, teacher logits from the view cache (K views
+        computed once; their one-off cost is printed separately).
+ours-live: our loop with the teacher run on every batch (soft_labels.mode=live).
+
+Each variant trains a fresh student from the same init on the same first
+`batches` x `batch` training images (a short run, not an epoch); the epoch time
+is extrapolated to 45,000 images. The accuracies after this short run, on 2,000
+test images, only check that no variant is broken; equal final accuracy needs
+full runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from kd.checkpoint import new_model  # noqa: E402
+from kd.datasets import DATASETS, fetch_cifar10  # noqa: E402
+from kd.device import autocast, pick_device  # noqa: E402
+from kd.evaluate import predict  # noqa: E402
+from kd.losses import LOSSES  # noqa: E402
+from kd.params import TrainParams  # noqa: E402
+from kd.soft_labels import ViewCache, live_teacher, teacher_view_logits, view_shifts  # noqa: E402
+from kd.train import TensorBatches, fit, make_optimizer  # noqa: E402
+
+EPOCH = 45_000
+
+
+class PerSampleCIFAR(torch.utils.data.Dataset):
+    """What torchvision.datasets.CIFAR10 does per item: HWC uint8 -> PIL -> transform."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform):
+        self.data = x.permute(0, 2, 3, 1).numpy()
+        self.targets = y.tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+
+def common_loader(x, y, batch_size, workers):
+    from torchvision import transforms as T
+
+    info = DATASETS["cifar10"]
+    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize(info.mean, info.std)])
+    return torch.utils.data.DataLoader(PerSampleCIFAR(x, y, tf), batch_size=batch_size, shuffle=True,
+                                       num_workers=workers, generator=torch.Generator().manual_seed(0))
+
+
+def data_only(batches) -> float:
+    """Seconds to produce the augmented float batches, no model: the input pipeline's ceiling."""
+    t0 = time.perf_counter()
+    for xb, _ in batches:
+        xb.float()
+    return time.perf_counter() - t0
+
+
+def common_recipe(student, teacher, x, y, cfg, loss_fn, device, workers) -> float:
+    """Seconds for one pass over x, the usual way."""
+    loader = common_loader(x, y, cfg.batch_size, workers)
+    # The public recipe normalises in the transform: use our nets without their Normalize layer.
+    s_body, t_body = student[1].to(device).train(), teacher[1].to(device).eval()
+    opt, sched = make_optimizer(s_body, cfg, len(loader))
+    t0 = time.perf_counter()
+    for xb, yb in loader:
+        xb, yb = xb.to(device), yb.to(device)
+        with torch.no_grad():
+            t_logits = t_body(xb)
+        loss = loss_fn(s_body(xb), {"y": yb, "teacher_logits": t_logits})
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def ours(student, x, y, cfg, loss_fn, device, views=None, teacher=None) -> float:
+    if cfg.amp:
+        student = student.to(memory_format=torch.channels_last)
+    batches = TensorBatches(x, y, cfg.batch_size, seed=0, shift=4, flip=True, views=views)
+    t0 = time.perf_counter()
+    fit(student, batches, (x[:10], y[:10]), loss_fn, cfg, device=device, amp=cfg.amp, teacher=teacher)
+    return time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", default="vgg8")
+    ap.add_argument("--student", default="resnet20")
+    ap.add_argument("--batches", type=int, default=300, help="training batches per variant")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--views", type=int, default=8, help="cached teacher views per image")
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the common recipe")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--mirror", default=str(ROOT.parent / "shared" / "datasets"))
+    ap.add_argument("--skip-live", action="store_true", help="skip the ours-live variant")
+    ap.add_argument("--quick", action="store_true", help="60 batches per variant")
+    args = ap.parse_args()
+    if args.quick:
+        args.batches = 60
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device()
+    n = args.batches * args.batch_size
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as raw:
+        data = fetch_cifar10(Path(args.mirror), Path(raw))
+        x, y = data["train"][0][:n], data["train"][1][:n]
+        xt, yt = data["test"][0][:2000], data["test"][1][:2000]
+    print(f"decoded {n + 2000} JPEGs in {time.perf_counter() - t0:.1f}s")
+    print(f"device={device.type} threads={torch.get_num_threads()} teacher={args.teacher} "
+          f"student={args.student} batches={args.batches}x{args.batch_size} workers={args.workers}")
+
+    torch.manual_seed(0)
+    teacher = new_model(args.teacher, "cifar10").eval()  # untrained: speed does not depend on weights
+    init = new_model(args.student, "cifar10").state_dict()
+    loss_fn = partial(LOSSES["kd"], temperature=4, alpha=0.9)
+    base = dict(arch=args.student, epochs=1, batch_size=args.batch_size, lr=0.05, weight_decay=5e-4,
+                schedule="onecycle")
+
+    def fresh():
+        m = new_model(args.student, "cifar10")
+        m.load_state_dict(init)
+        return m
+
+    def acc(m, amp):
+        return (predict(m, xt, device=device, amp=amp).argmax(1) == yt).float().mean().item()
+
+    cpu = torch.device("cpu")
+    loader_sec = data_only(common_loader(x, y, args.batch_size, args.workers))
+    tensor_sec = data_only(TensorBatches(x, y, args.batch_size, seed=0, shift=4, flip=True).epoch(0, cpu))
+    print(f"input pipeline alone: common DataLoader {n / loader_sec:.0f} img/s, "
+          f"our TensorBatches {n / tensor_sec:.0f} img/s")
+
+    rows = {}
+    m = fresh()
+    sec = common_recipe(m, teacher, x, y, TrainParams(**base), loss_fn, device, args.workers)
+    rows["common"] = (sec, acc(m, False))
+
+    t0 = time.perf_counter()
+    shifts = view_shifts(n, args.views, 4, True, seed=0)
+    teacher_fast = teacher.to(device).to(memory_format=torch.channels_last)
+    cache = ViewCache(shifts, 4, True, teacher_view_logits(teacher_fast, x, shifts, 4, device=device, amp=True))
+    cache_sec = time.perf_counter() - t0
+    m = fresh()
+    rows["ours"] = (ours(m, x, y, TrainParams(**base, amp=True), loss_fn, device, views=cache), acc(m, True))
+    if not args.skip_live:
+        m = fresh()
+        live = live_teacher(teacher_fast, device, amp=True)
+        rows["ours-live"] = (ours(m, x, y, TrainParams(**base, amp=True), loss_fn, device, teacher=live),
+                             acc(m, True))
+
+    print(f"\n{'variant':10s} {'img/s':>7s} {'epoch s (45k)':>13s} {'short-run acc':>13s}")
+    for name, (sec, a) in rows.items():
+        print(f"{name:10s} {n / sec:7.0f} {EPOCH * sec / n:13.0f} {a:13.3f}")
+    cache_epoch = EPOCH * cache_sec / n
+    print(f"view cache: {args.views} views of {n} images in {cache_sec:.1f}s "
+          f"(full 45k set: {cache_epoch:.0f}s once, = {cache_epoch / (EPOCH * rows['ours'][0] / n):.2f} "
+          "of our epochs)")
+    print(f"speed-up ours / common: {rows['common'][0] / rows['ours'][0]:.2f}x")
+    if "ours-live" in rows:
+        print(f"speed-up ours-live / common: {rows['common'][0] / rows['ours-live'][0]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
