@@ -167,7 +167,8 @@ def main():
     t0 = time.perf_counter()
     shifts = view_shifts(n, args.views, 4, True, seed=0)
     teacher_fast = teacher.to(device).to(memory_format=torch.channels_last)
-    cache = ViewCache(shifts, 4, True, teacher_view_logits(teacher_fast, x, shifts, 4, device=device, amp=True))
+    logits = teacher_view_logits(teacher_fast, x, shifts, args.views, device=device, amp=True)
+    cache = ViewCache(shifts, 4, True, logits)
     cache_sec = time.perf_counter() - t0
     m = fresh()
     rows["ours"] = (ours(m, x, y, TrainParams(**base, amp=True), loss_fn, device, views=cache), acc(m, True))

@@ -6,8 +6,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import MIRROR, REPO
-from test_pipeline import PROJECT_FILES, sh, stages_run
+from conftest import MIRROR, PROJECT_FILES, REPO, sh, stages_run
 
 
 @pytest.fixture(scope="module")
