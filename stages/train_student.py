@@ -13,12 +13,13 @@ from kd.stage import keep_classes, load_split, stage, train_model
 with stage("train_student", ddp=True) as run:
     p = run.params
     x, y = load_split("train")
+    # First, so a missing or stale file fails with a clear message.
+    views = load_soft_labels(SOFT_LABELS, teacher=model_file("teacher"), data=split_file("train"), n=len(y),
+                             max_shift=p.student.jitter, flip=p.student.flip, mode=p.soft_labels.mode)
     x, y, keep = keep_classes(x, y, p.omit_classes)
     loss = partial(LOSSES["kd"], temperature=p.temperature, alpha=p.alpha)
     config = {"omit": p.omit_classes, "T": p.temperature, "alpha": p.alpha, "soft_labels": file_md5(SOFT_LABELS)}
-    if p.soft_labels.mode == "cached":
-        views = load_soft_labels(SOFT_LABELS, teacher=model_file("teacher"), data=split_file("train"),
-                                 n=len(keep), max_shift=p.student.jitter, flip=p.student.flip)
+    if views is not None:
         train_model(run, "student", p.student, x, y, loss, views=views.subset(keep), config=config)
     else:
         teacher, _ = load_model(model_file("teacher"))

@@ -108,8 +108,9 @@ def test_soft_labels_refuse_another_teacher_data_or_augmentation(tmp_path, teach
         load_soft_labels(out, **kw)
     data.write_bytes(b"data v1")
     save_soft_labels(out, None, teacher=teacher_file, data=data, mode="live")
-    with pytest.raises(StaleSoftLabelsError, match="mode=live"):
+    with pytest.raises(StaleSoftLabelsError, match="mode=live, not cached"):
         load_soft_labels(out, **kw)
+    assert load_soft_labels(out, **kw, mode="live") is None
 
 
 def test_one_view_without_augmentation_is_the_clean_image(teacher, cifar_like):
@@ -118,3 +119,15 @@ def test_one_view_without_augmentation_is_the_clean_image(teacher, cifar_like):
     logits = teacher_view_logits(teacher, x, shifts, 1, device=CPU)
     with torch.no_grad():
         assert torch.allclose(logits[0], teacher(x.float() / 255), atol=1e-5)
+
+
+def test_ddp_ranks_split_a_cached_view_batch_exactly(teacher, cifar_like):
+    x, y = cifar_like
+    cache = make_cache(teacher, x, views=2)
+    whole = list(TensorBatches(x, y, 8, seed=3, shift=4, flip=True, views=cache).epoch(0, CPU))
+    ranks = [list(TensorBatches(x, y, 8, seed=3, shift=4, flip=True, views=cache, rank=r, world=2).epoch(0, CPU))
+             for r in range(2)]
+    for i, (xb, batch) in enumerate(whole):
+        for r in range(2):
+            xr, br = ranks[r][i]
+            assert torch.equal(xr, xb[r::2]) and torch.equal(br["teacher_logits"], batch["teacher_logits"][r::2])

@@ -103,7 +103,8 @@ def save_soft_labels(path: Path, cache: ViewCache | None, *, teacher: Path, data
 
 
 def load_soft_labels(path: Path, *, teacher: Path, data: Path, n: int, max_shift: int = 0,
-                     flip: bool = False) -> ViewCache:
+                     flip: bool = False, mode: str = "cached") -> ViewCache | None:
+    """The view cache; in live mode only checks the file belongs to this teacher and returns None."""
     blob = load_torch(path)
     for key, src in (("teacher_md5", teacher), ("data_md5", data)):
         if blob[key] != file_md5(src):
@@ -111,8 +112,11 @@ def load_soft_labels(path: Path, *, teacher: Path, data: Path, n: int, max_shift
                 f"{path} was made from a different {src} ({key} {blob[key]} != {file_md5(src)}); "
                 "rerun `dvc repro generate_soft_labels`"
             )
-    if blob["mode"] != "cached":
-        raise StaleSoftLabelsError(f"{path} was made for soft_labels.mode={blob['mode']}, not cached")
+    if blob["mode"] != mode:
+        raise StaleSoftLabelsError(f"{path} was made for soft_labels.mode={blob['mode']}, not {mode}; "
+                                   "rerun `dvc repro generate_soft_labels`")
+    if mode == "live":
+        return None
     if (blob["max_shift"], blob["flip"]) != (max_shift, flip):
         raise StaleSoftLabelsError(
             f"{path} holds views with jitter={blob['max_shift']}, flip={blob['flip']}, but the student "
