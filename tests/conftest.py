@@ -54,24 +54,27 @@ def stages_run(out) -> set[str]:
     return set(re.findall(r"Running stage '(\w+)'", out.stdout + out.stderr))
 
 
-@pytest.fixture(scope="session")
-def built_project(tmp_path_factory):
-    """A copy of this repo with tiny params, after one `dvc repro`; returns (path, its output)."""
-    mirror = REPO.parent / "shared" / "datasets"
-    if not (mirror / "mnist").is_dir():
-        pytest.skip("needs the MNIST mirror")
-    proj = tmp_path_factory.mktemp("proj")
+def make_project(proj: Path, params: dict):
+    """Copy this repo's pipeline into `proj` (a new git repo) with `params`, run `dvc repro`;
+    returns (proj, the repro's output)."""
     for name in PROJECT_FILES:
         src, dst = REPO / name, proj / name
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copyfile)(src, dst)
-    params = yaml.safe_load((proj / "params.yaml").read_text())
-    params["data"].update(mirror=str(mirror), max_train=400, val_size=200)
-    for role in ("teacher", "student"):
-        params[role].update(epochs=2, batch_size=64)
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q", "-b", "main"], proj)
     sh(["git", "add", "-A"], proj)
     sh(["git", "commit", "-qm", "init"], proj)
-    first = sh([sys.executable, "-m", "dvc", "repro"], proj)
-    return proj, first
+    return proj, sh([sys.executable, "-m", "dvc", "repro"], proj)
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory):
+    """A copy of this repo with tiny MNIST params, after one `dvc repro`."""
+    if not (MIRROR / "mnist").is_dir():
+        pytest.skip("needs the MNIST mirror")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(mirror=str(MIRROR), max_train=400, val_size=200)
+    for role in ("teacher", "student"):
+        params[role].update(epochs=2, batch_size=64)
+    return make_project(tmp_path_factory.mktemp("proj"), params)

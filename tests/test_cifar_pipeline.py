@@ -1,33 +1,23 @@
 """End to end on a tiny CIFAR-10 subset: the CPU profile, shrunken, cached then live views."""
 import json
-import shutil
 import sys
 
 import pytest
 import yaml
 
-from conftest import MIRROR, PROJECT_FILES, REPO, sh, stages_run
+from conftest import MIRROR, REPO, make_project, sh, stages_run
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     if not (MIRROR / "cifar10-jpeg").is_dir():
         pytest.skip("needs the CIFAR-10 mirror")
-    proj = tmp_path_factory.mktemp("cifar")
-    for name in PROJECT_FILES:
-        src, dst = REPO / name, proj / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, dst)
     params = yaml.safe_load((REPO / "profiles" / "cifar10-cpu.yaml").read_text())
     params["data"].update(mirror=str(MIRROR), max_train=300, val_size=100)
     params["teacher"].update(arch="resnet8", epochs=2, batch_size=50)
     params["student"].update(arch="vgg8", epochs=2, batch_size=50)  # heterogeneous KD
     params["soft_labels"]["views"] = 2
-    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh(["git", "init", "-q", "-b", "main"], proj)
-    sh(["git", "add", "-A"], proj)
-    sh(["git", "commit", "-qm", "init"], proj)
-    return proj, sh([sys.executable, "-m", "dvc", "repro"], proj)
+    return make_project(tmp_path_factory.mktemp("cifar"), params)
 
 
 def test_cached_views_pipeline_runs_end_to_end(project):
