@@ -7,15 +7,28 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kd.datasets import DATASETS
 from kd.models import MODELS
 
 PARAMS_FILE = "params.yaml"
+
+
+def _one_of(registry: dict, what: str) -> AfterValidator:
+    def check(name: str) -> str:
+        if name not in registry:
+            raise ValueError(f"unknown {what} {name!r}; choose one of {sorted(registry)}")
+        return name
+    return AfterValidator(check)
+
+
+# Names looked up in the registries, checked when params are loaded.
+DatasetName = Annotated[str, _one_of(DATASETS, "dataset")]
+ArchName = Annotated[str, _one_of(MODELS, "arch")]
 
 
 class ParamsError(ValueError):
@@ -28,7 +41,7 @@ class _Strict(BaseModel):
 
 
 class DataParams(_Strict):
-    dataset: str = "mnist"
+    dataset: DatasetName = "mnist"
     # Directory holding the offline mirror (e.g. ../shared/datasets); null means
     # download from the official source. Relative paths are taken from the
     # project root, also for `dvc exp run --queue` runs in .dvc/tmp/exps.
@@ -39,16 +52,10 @@ class DataParams(_Strict):
     # Keep only the first N training images (null = all): for smoke tests.
     max_train: int | None = Field(None, ge=1)
 
-    @field_validator("dataset")
-    @classmethod
-    def _known_dataset(cls, name: str) -> str:
-        if name not in DATASETS:
-            raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
-        return name
 
 
 class TrainParams(_Strict):
-    arch: str
+    arch: ArchName
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
@@ -65,12 +72,6 @@ class TrainParams(_Strict):
     # bf16 autocast (+ channels_last): about 2x faster for conv nets on CPU.
     amp: bool = False
 
-    @field_validator("arch")
-    @classmethod
-    def _known_arch(cls, name: str) -> str:
-        if name not in MODELS:
-            raise ValueError(f"unknown arch {name!r}; choose one of {sorted(MODELS)}")
-        return name
 
 
 class DistributedParams(_Strict):
