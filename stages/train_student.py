@@ -20,8 +20,8 @@ with stage("train_student", ddp=True) as run:
     loss = partial(LOSSES["kd"], temperature=p.temperature, alpha=p.alpha)
     config = {"omit": p.omit_classes, "T": p.temperature, "alpha": p.alpha, "soft_labels": file_md5(SOFT_LABELS)}
     if views is not None:
-        train_model(run, "student", p.student, x, y, loss, views=views.subset(keep), config=config)
+        train_model(run, "student", p.student, x, y, loss, seed=p.seed, views=views.subset(keep), config=config)
     else:
         teacher, _ = load_model(model_file("teacher"))
-        train_model(run, "student", p.student, x, y, loss, config=config,
+        train_model(run, "student", p.student, x, y, loss, seed=p.seed, config=config,
                     teacher=live_teacher(teacher, run.device, p.teacher.amp))

@@ -6,4 +6,4 @@ from kd.stage import load_split, stage, train_model
 
 with stage("train_teacher", ddp=True) as run:
     x, y = load_split("train")
-    train_model(run, "teacher", run.params.teacher, x, y, LOSSES["ce"])
+    train_model(run, "teacher", run.params.teacher, x, y, LOSSES["ce"], seed=run.params.teacher.seed)

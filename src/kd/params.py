@@ -73,6 +73,11 @@ class TrainParams(_Strict):
     amp: bool = False
 
 
+class TeacherParams(TrainParams):
+    # Its own seed, apart from the top-level `seed`: a seed sweep then trains new
+    # students against one teacher, which DVC's run-cache trains only once.
+    seed: int = Field(0, ge=0)
+
 
 class DistributedParams(_Strict):
     # Processes that train each model together (DDP; one per GPU on a GPU
@@ -96,7 +101,7 @@ class Params(_Strict):
     seed: int = Field(ge=0)
     omit_classes: list[int] = []
     data: DataParams
-    teacher: TrainParams
+    teacher: TeacherParams
     student: TrainParams
     soft_labels: SoftLabelParams = SoftLabelParams()
     distributed: DistributedParams = DistributedParams()

@@ -86,16 +86,17 @@ def keep_classes(x, y, omit: list[int]):
     return x[keep], y[keep], keep
 
 
-def train_model(run: StageRun, role: str, cfg, x, y, loss_fn, *, extras=None, config=None,
+def train_model(run: StageRun, role: str, cfg, x, y, loss_fn, *, seed: int, extras=None, config=None,
                 views=None, teacher=None) -> None:
     """Train one model of the pipeline and write its checkpoint, curve and metrics."""
     p = run.params
+    seed_everything(seed)  # the model's init
     model = new_model(cfg.arch, p.data.dataset, dropout=cfg.dropout, input_dropout=cfg.input_dropout)
     if cfg.amp:
         model = model.to(memory_format=torch.channels_last)
-    batches = TensorBatches(x, y, cfg.batch_size, p.seed, shift=cfg.jitter, flip=cfg.flip, extras=extras or {},
+    batches = TensorBatches(x, y, cfg.batch_size, seed, shift=cfg.jitter, flip=cfg.flip, extras=extras or {},
                             views=views, rank=distributed.rank(), world=distributed.world_size())
-    key = resume_key(run.name, {"cfg": cfg.model_dump(), "seed": p.seed, **(config or {})},
+    key = resume_key(run.name, {"cfg": cfg.model_dump(), "seed": seed, **(config or {})},
                      {"train": file_md5(split_file("train"))})
     resume = ResumeState(run.name, key)
     val = load_split("val")
