@@ -4,7 +4,7 @@ import _bootstrap  # noqa: F401
 
 from kd.checkpoint import load_model
 from kd.datasets import DATASETS
-from kd.evaluate import confusion_rows, predict, summarize
+from kd.evaluate import confusion_rows, predict, report
 from kd.figures import confusion_matrix
 from kd.files import write_csv, write_json
 from kd.model_cost import model_cost, model_latency
@@ -12,17 +12,25 @@ from kd.models import count_params
 from kd.paths import METRICS, model_file
 from kd.stage import load_split, stage
 
-ROLES = ("teacher", "baseline", "student")
+ROLES = ("teacher", "baseline", "student")  # teacher first: the others are compared with it
 
 with stage("evaluate") as run:
     p = run.params
     info = DATASETS[p.data.dataset]
     x, y = load_split("test")
+    # The omitted-class bias is fit on validation images only; the test set only reports it.
+    val_x, val_y = load_split("val") if p.omit_classes else (None, None)
     results, cost, latency = {}, {}, {}
     for role in ROLES:
         model, _ = load_model(model_file(role))
-        logits = predict(model.to(run.device), x, device=run.device)
-        summary = summarize(logits, y, info.num_classes, p.omit_classes)
+        model = model.to(run.device)
+        logits = predict(model, x, device=run.device)
+        if role == "teacher":
+            teacher_logits = logits
+            summary = report(logits, y, info.num_classes, p.omit_classes)
+        else:
+            val = (predict(model, val_x, device=run.device), val_y) if p.omit_classes else None
+            summary = report(logits, y, info.num_classes, p.omit_classes, teacher_logits=teacher_logits, val=val)
         write_csv(METRICS / "per_class" / f"{role}.csv",
                   [{"class": info.classes[int(c)], "accuracy": round(a, 4)}
                    for c, a in summary.pop("per_class_accuracy").items()])
@@ -34,6 +42,14 @@ with stage("evaluate") as run:
                                 f"confusion/{role}.png")
         print(f"{role:9s} test accuracy {summary['accuracy']:.4f} ({summary['errors']} errors), "
               f"{cost[role]['macs']:,} MACs, {latency[role]['cpu_ms_per_image_batch1']:.3f} ms/image on CPU")
+        fid = (f", top-1 agreement with the teacher {summary['agreement']:.4f}, "
+               f"KL(teacher || {role}) {summary['kl_from_teacher']:.4f} nats") if role != "teacher" else ""
+        print(f"{role:9s} ECE {summary['ece']:.4f}{fid}")
+        if "corrected" in summary:
+            fixed = summary["corrected"]
+            print(f"{role:9s} bias {fixed['bias']:+.4f} on omitted classes {list(p.omit_classes)} (fit on val): "
+                  f"test accuracy {summary['accuracy']:.4f} -> {fixed['accuracy']:.4f}, "
+                  f"omitted classes {summary['omitted_accuracy']:.4f} -> {fixed['omitted_accuracy']:.4f}")
     results["kd_gain"] = round(results["student"]["accuracy"] - results["baseline"]["accuracy"], 6)
     write_json(METRICS / "evaluate.json", results)
     # Size numbers are exact and stable; latency is a wall-clock measurement, kept apart

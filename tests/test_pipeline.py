@@ -30,6 +30,11 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
         curve = (proj / f"metrics/curves/{role}.csv").read_text().splitlines()
         assert curve[0].startswith("epoch,") and len(curve) == 3  # header + 2 epochs
         assert len((proj / f"metrics/confusion/{role}.csv").read_text().splitlines()) == 10001
+        assert 0 <= metrics[role]["ece"] <= 1
+        assert "corrected" not in metrics[role]  # omit_classes is empty
+    for role in ("baseline", "student"):  # fidelity to the teacher
+        assert 0 <= metrics[role]["agreement"] <= 1 and metrics[role]["kl_from_teacher"] >= 0
+    assert "agreement" not in metrics["teacher"]
     assert (proj / "metrics/timing/train_teacher.json").exists()
     cost = json.loads((proj / "metrics/model_cost.json").read_text())
     assert cost["teacher"] == {"macs": 784 * 1200 + 1200 * 1200 + 1200 * 10, "params": 2_395_210}
