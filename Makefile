@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell md5sum requirements.txt | cut -c1-8)
 # Stage commands say `python`: make it the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install repro test browser clean-venv
+.PHONY: install repro test poster browser clean-venv
 
 install: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): requirements.txt
 
 repro: $(STAMP)
 	dvc repro
+
+# Every experiment of the poster as queued DVC experiments, then reports/poster.md.
+poster: $(STAMP)
+	python scripts/poster.py
 
 test: $(STAMP) browser
 	python -m pytest
