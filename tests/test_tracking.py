@@ -15,7 +15,8 @@ import yaml
 from conftest import REPO
 from kd.files import save_torch
 from kd.params import Params
-from kd.tracking import ENV_DEFAULTS, Tracker, dvc_stage, file_metrics, stage_param_keys, stage_params
+from kd.run_info import dvc_stage, file_metrics, stage_param_keys, stage_params
+from kd.tracking import ENV_DEFAULTS, Tracker
 from mlflow_server import mlflow_server
 from system import free_port
 
@@ -31,8 +32,9 @@ def repo_params(**changes) -> dict:
 def test_stage_params_are_the_ones_dvc_yaml_lists():
     p = Params.model_validate(repo_params())
     teacher = stage_params(p, stage_param_keys(dvc_stage("train_teacher", REPO / "dvc.yaml")))
-    assert teacher["seed"] == "0" and teacher["teacher.arch"] == "mlp1200"
-    assert not any(k.startswith("student.") or k == "temperature" for k in teacher)
+    assert teacher["teacher.seed"] == "0" and teacher["teacher.arch"] == "mlp1200"
+    # Not the students' seed: a seed sweep must not retrain the teacher.
+    assert not any(k.startswith("student.") or k in ("temperature", "seed") for k in teacher)
     student = stage_params(p, stage_param_keys(dvc_stage("train_student", REPO / "dvc.yaml")))
     assert student["omit_classes"] == "[]" and student["temperature"] == "20.0" and "teacher.lr" not in student
     assert stage_param_keys(dvc_stage("check_params", REPO / "dvc.yaml")) is None  # all of params.yaml
