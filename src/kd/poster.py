@@ -204,11 +204,12 @@ def run(root: Path, exps: list[Experiment], *, log=print, poll: float = 15.0) ->
     done = -1
     while True:
         counts = queue_counts(root)
-        finished = counts.get("Success", 0) + counts.get("Failed", 0)
-        if finished != done:
-            done = finished
+        # `dvc queue status` keeps finished tasks of earlier runs: count only this run's.
+        ok, failed = (counts.get(k, 0) - busy.get(k, 0) for k in ("Success", "Failed"))
+        if ok + failed != done:
+            done = ok + failed
             log(f"  {time.perf_counter() - started:7.0f}s  queued {counts.get('Queued', 0)}, "
-                f"running {counts.get('Running', 0)}, done {counts.get('Success', 0)}, failed {counts.get('Failed', 0)}")
+                f"running {counts.get('Running', 0)}, done {ok}, failed {failed}", flush=True)
         if not counts.get("Queued") and not counts.get("Running"):
             return time.perf_counter() - started
         time.sleep(poll)
