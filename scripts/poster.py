@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     er = [(e, results(root, found[e.name]) if e.name in found else None) for e in all_exps]
     out = root / args.out
     write_report(out, er, header=header, temperatures=temps)
-    print(f"poster: wrote {out.relative_to(root)} ({sum(r is not None for _, r in er)}/{len(er)} experiments)")
+    print(f"poster: wrote {args.out} ({sum(r is not None for _, r in er)}/{len(er)} experiments)")
     return 0 if all(r is not None for _, r in er) else 1
 
 

@@ -92,6 +92,8 @@ def _extras(runs: list[dict], role: str) -> list[str]:
 def _mean(values, fmt) -> str:
     if not values:
         return "not run"
+    if len(values) == 1 and float(values[0]).is_integer():
+        return f"{values[0]:.0f}"  # one error count
     s = fmt.format(statistics.fmean(values))
     return s + (" ± " + fmt.format(statistics.stdev(values)) if len(values) > 1 else "")
 
