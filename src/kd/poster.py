@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from kd.run_info import flatten  # {'teacher': {'lr': 0.1}} -> {'teacher.lr': 0.1}
+
 SEEDS = (0, 1, 2)
 TEMPERATURES = (1, 2, 4, 8, 20, 50)
 OMITTED_DIGIT = 3
@@ -48,16 +50,6 @@ class Experiment:
 
 def _yaml_value(value) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...")
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def profile_overrides(base: dict, profile: dict) -> dict[str, Any]:
@@ -98,11 +90,15 @@ def expected_params(root: Path, exp: Experiment) -> dict:
 
 # ---- what DVC already holds -------------------------------------------------------------
 
-def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+def _tool(name: str, root: Path, args, check: bool) -> subprocess.CompletedProcess:
+    out = subprocess.run([name, *args], cwd=root, capture_output=True, text=True)
     if check and out.returncode != 0:
-        raise PosterError(f"git {' '.join(args)} failed: {out.stderr.strip()}")
+        raise PosterError(f"{name} {' '.join(args)} failed:\n{out.stdout}{out.stderr}".rstrip())
     return out
+
+
+def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return _tool("git", root, args, check)
 
 
 def pipeline_code(root: Path) -> list[str]:
@@ -168,10 +164,7 @@ def results(root: Path, ref: str) -> dict:
 # ---- running ---------------------------------------------------------------------------
 
 def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
-    if check and out.returncode != 0:
-        raise PosterError(f"dvc {' '.join(args)} failed:\n{out.stdout}{out.stderr}")
-    return out
+    return _tool("dvc", root, args, check)
 
 
 def queue_counts(root: Path) -> dict[str, int]:
