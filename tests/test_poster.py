@@ -115,3 +115,58 @@ def test_poster_shares_the_teacher_and_a_rerun_trains_nothing(tmp_path):
     again = sh(cmd, proj, env=env)
     assert "4 experiments, 4 up to date, 0 to run" in again.stdout
     assert "0 run now and 4 reused" in (proj / "reports" / "poster.md").read_text()
+
+
+def _scripted_queue(monkeypatch, statuses):
+    """Replace `dvc` in kd.poster by a script: `queue status` answers from `statuses`
+    (the last one repeats); every call is recorded."""
+    import kd.poster as poster
+
+    calls, left = [], list(statuses)
+    header = "Task     Name  Created    Status\n"
+
+    def fake(root, *args, check=True):
+        calls.append(args)
+        out = ""
+        if args[:2] == ("queue", "status"):
+            tasks, workers = left.pop(0) if len(left) > 1 else left[0]
+            out = header + "".join(f"abc  exp-{i}  08:00 AM   {s}\n" for i, s in enumerate(tasks))
+            out += f"\nWorker status: {workers} active, 0 idle\n"
+        return poster.subprocess.CompletedProcess(args, 0, out, "")
+
+    monkeypatch.setattr(poster, "dvc", fake)
+    monkeypatch.setattr(poster, "exp_refs", lambda root: {})
+    monkeypatch.setattr(poster, "git", lambda root, *a, **k: poster.subprocess.CompletedProcess(a, 0, "f" * 40, ""))
+    return calls
+
+
+def test_a_dead_queue_worker_is_restarted(monkeypatch):
+    from kd.poster import IDLE_POLLS, run
+
+    exps = [Experiment("a", "mnist", "sweep", 0, {}), Experiment("b", "mnist", "sweep", 0, {})]
+    # Before queueing: empty. Then one finishes, the worker dies with one queued, a new one finishes it.
+    statuses = ([([], 0)], [(["Running", "Queued"], 1)], [(["Success", "Queued"], 0)] * IDLE_POLLS,
+                [(["Success", "Running"], 1)], [(["Success", "Success"], 0)])
+    calls = _scripted_queue(monkeypatch, [s for group in statuses for s in group])
+    log = []
+    run(REPO, exps, log=lambda *a, **k: log.append(a[0]), poll=0)
+    assert [c for c in calls if c[:2] == ("queue", "start")] == [("queue", "start", "-j", "1")] * 2
+    assert any("starting one again" in line for line in log)
+
+
+def test_an_orphaned_running_task_is_an_error_not_a_hang(monkeypatch):
+    from kd.poster import run
+
+    calls = _scripted_queue(monkeypatch, [([], 0), (["Running"], 0)])
+    with pytest.raises(PosterError, match="dvc queue kill"):
+        run(REPO, [Experiment("a", "mnist", "sweep", 0, {})], log=lambda *a, **k: None, poll=0)
+    assert [c for c in calls if c[:2] == ("queue", "start")] == [("queue", "start", "-j", "1")]
+
+
+def test_a_busy_queue_is_refused_before_anything_is_queued(monkeypatch):
+    from kd.poster import run
+
+    calls = _scripted_queue(monkeypatch, [(["Queued"], 1)])
+    with pytest.raises(PosterError, match="already holds"):
+        run(REPO, [Experiment("a", "mnist", "sweep", 0, {})], log=lambda *a, **k: None, poll=0)
+    assert not [c for c in calls if c[:2] != ("queue", "status")]

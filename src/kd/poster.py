@@ -9,6 +9,7 @@ second `make poster` with nothing changed only rewrites the report.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -167,24 +168,35 @@ def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     return _tool("dvc", root, args, check)
 
 
-def queue_counts(root: Path) -> dict[str, int]:
-    """Tasks per state from `dvc queue status` (Queued, Running, Success, Failed)."""
+def queue_state(root: Path) -> tuple[dict[str, int], int]:
+    """Tasks per state from `dvc queue status` (Queued, Running, Success, Failed), and
+    how many workers are active."""
     counts: dict[str, int] = {}
+    workers = 0
     for line in dvc(root, "queue", "status").stdout.splitlines()[1:]:
+        if m := re.match(r"Worker status: (\d+) active", line.strip()):
+            workers = int(m[1])
+            continue
         for state in ("Queued", "Running", "Success", "Failed"):
             if f" {state} " in f" {line} ":
                 counts[state] = counts.get(state, 0) + 1
-    return counts
+    return counts, workers
+
+
+# A worker can die and leave its tasks queued (seen once in a 2.5 h run): start a new
+# one after this many polls with work left and no active worker, at most this often.
+IDLE_POLLS, RESTARTS = 4, 3
 
 
 def run(root: Path, exps: list[Experiment], *, log=print, poll: float = 15.0) -> float:
     """Queue `exps`, run them with one worker, wait; returns the wall time in seconds."""
     if not exps:
         return 0.0
-    busy = queue_counts(root)
+    busy, _ = queue_state(root)
     if busy.get("Queued") or busy.get("Running"):
-        raise PosterError("the DVC queue already holds queued or running experiments "
-                          "(`dvc queue status`); let them finish or `dvc queue remove --queued` first")
+        raise PosterError("the DVC queue already holds queued or running experiments (`dvc queue status`); "
+                          "let them finish, or `dvc queue kill <name>` a dead running one and "
+                          "`dvc queue remove --queued --failed`")
     existing = exp_refs(root)
     head = git(root, "rev-parse", "HEAD").stdout.strip()
     for exp in exps:
@@ -194,9 +206,9 @@ def run(root: Path, exps: list[Experiment], *, log=print, poll: float = 15.0) ->
         dvc(root, "exp", "run", "--queue", "-n", exp.name, *exp.set_args())
     started = time.perf_counter()
     dvc(root, "queue", "start", "-j", "1")
-    done = -1
+    done, idle, restarts = -1, 0, 0
     while True:
-        counts = queue_counts(root)
+        counts, workers = queue_state(root)
         # `dvc queue status` keeps finished tasks of earlier runs: count only this run's.
         ok, failed = (counts.get(k, 0) - busy.get(k, 0) for k in ("Success", "Failed"))
         if ok + failed != done:
@@ -205,4 +217,16 @@ def run(root: Path, exps: list[Experiment], *, log=print, poll: float = 15.0) ->
                 f"running {counts.get('Running', 0)}, done {ok}, failed {failed}", flush=True)
         if not counts.get("Queued") and not counts.get("Running"):
             return time.perf_counter() - started
+        idle = 0 if workers else idle + 1
+        if idle >= IDLE_POLLS:
+            if counts.get("Running"):
+                raise PosterError("a task is marked running but no queue worker is alive: see `dvc queue "
+                                  "status`, `dvc queue kill <name>`, then rerun (finished experiments are kept)")
+            if restarts == RESTARTS:
+                raise PosterError(f"the queue worker stopped {restarts + 1} times with experiments left; "
+                                  "see `dvc queue logs <name>`")
+            restarts, idle = restarts + 1, 0
+            log(f"  {time.perf_counter() - started:7.0f}s  no active queue worker with "
+                f"{counts['Queued']} queued: starting one again", flush=True)
+            dvc(root, "queue", "start", "-j", "1")
         time.sleep(poll)
