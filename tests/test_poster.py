@@ -170,3 +170,19 @@ def test_a_busy_queue_is_refused_before_anything_is_queued(monkeypatch):
     with pytest.raises(PosterError, match="already holds"):
         run(REPO, [Experiment("a", "mnist", "sweep", 0, {})], log=lambda *a, **k: None, poll=0)
     assert not [c for c in calls if c[:2] != ("queue", "status")]
+
+
+def test_starting_the_queue_worker_does_not_wait_for_it(tmp_path, monkeypatch):
+    """`dvc queue start` detaches a worker that inherits its stdout: we must not wait on it."""
+    from kd.poster import dvc
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    done = tmp_path / "worker-finished"
+    fake = bin_dir / "dvc"
+    fake.write_text(f"#!/bin/sh\necho starting a worker\n(sleep 5; touch {done}) &\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    out = dvc(tmp_path, "queue", "start", "-j", "1")
+    assert out.returncode == 0 and "starting a worker" in out.stdout
+    assert not done.exists()  # returned while the "worker" still runs

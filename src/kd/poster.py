@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,15 @@ def expected_params(root: Path, exp: Experiment) -> dict:
 # ---- what DVC already holds -------------------------------------------------------------
 
 def _tool(name: str, root: Path, args, check: bool) -> subprocess.CompletedProcess:
-    out = subprocess.run([name, *args], cwd=root, capture_output=True, text=True)
+    if args[:2] == ("queue", "start"):
+        # The worker it detaches inherits our stdout/stderr: with pipes, run() would
+        # wait for the worker's end instead of returning (seen here). Files end nothing.
+        with tempfile.TemporaryFile("w+") as log:
+            code = subprocess.run([name, *args], cwd=root, stdout=log, stderr=log).returncode
+            log.seek(0)
+            out = subprocess.CompletedProcess(args, code, log.read(), "")
+    else:
+        out = subprocess.run([name, *args], cwd=root, capture_output=True, text=True)
     if check and out.returncode != 0:
         raise PosterError(f"{name} {' '.join(args)} failed:\n{out.stdout}{out.stderr}".rstrip())
     return out
