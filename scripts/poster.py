@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from kd.poster import (CIFAR_PROFILE, SEEDS, TEMPERATURES, PosterError, experiments,  # noqa: E402
+from kd_runs.poster import (CIFAR_PROFILE, SEEDS, TEMPERATURES, PosterError, experiments,  # noqa: E402
                        find_current, git, results, run)
-from kd.report import write_report  # noqa: E402
+from kd_runs.report import write_report  # noqa: E402
 
 BUDGET_MIN = {"mnist": 45, "cifar": 120}  # the poster issue's budgets on a 2-core machine
 

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from conftest import MIRROR, PROJECT_FILES, REPO, sh
-from kd.poster import Experiment, PosterError, experiments, profile_overrides
-from kd.report import gain_test, pct, verdict, write_report
+from kd_runs.poster import Experiment, PosterError, experiments, profile_overrides
+from kd_runs.report import gain_test, pct, verdict, write_report
 
 
 def test_profile_overrides_are_the_changed_leaves():
@@ -118,9 +118,9 @@ def test_poster_shares_the_teacher_and_a_rerun_trains_nothing(tmp_path):
 
 
 def _scripted_queue(monkeypatch, statuses):
-    """Replace `dvc` in kd.poster by a script: `queue status` answers from `statuses`
+    """Replace `dvc` in kd_runs.poster by a script: `queue status` answers from `statuses`
     (the last one repeats); every call is recorded."""
-    import kd.poster as poster
+    import kd_runs.poster as poster
 
     calls, left = [], list(statuses)
     header = "Task     Name  Created    Status\n"
@@ -141,7 +141,7 @@ def _scripted_queue(monkeypatch, statuses):
 
 
 def test_a_dead_queue_worker_is_restarted(monkeypatch):
-    from kd.poster import IDLE_POLLS, run
+    from kd_runs.poster import IDLE_POLLS, run
 
     exps = [Experiment("a", "mnist", "sweep", 0, {}), Experiment("b", "mnist", "sweep", 0, {})]
     # Before queueing: empty. Then one finishes, the worker dies with one queued, a new one finishes it.
@@ -155,7 +155,7 @@ def test_a_dead_queue_worker_is_restarted(monkeypatch):
 
 
 def test_an_orphaned_running_task_is_an_error_not_a_hang(monkeypatch):
-    from kd.poster import run
+    from kd_runs.poster import run
 
     calls = _scripted_queue(monkeypatch, [([], 0), (["Running"], 0)])
     with pytest.raises(PosterError, match="dvc queue kill"):
@@ -164,7 +164,7 @@ def test_an_orphaned_running_task_is_an_error_not_a_hang(monkeypatch):
 
 
 def test_a_busy_queue_is_refused_before_anything_is_queued(monkeypatch):
-    from kd.poster import run
+    from kd_runs.poster import run
 
     calls = _scripted_queue(monkeypatch, [(["Queued"], 1)])
     with pytest.raises(PosterError, match="already holds"):
@@ -174,7 +174,7 @@ def test_a_busy_queue_is_refused_before_anything_is_queued(monkeypatch):
 
 def test_starting_the_queue_worker_does_not_wait_for_it(tmp_path, monkeypatch):
     """`dvc queue start` detaches a worker that inherits its stdout: we must not wait on it."""
-    from kd.poster import dvc
+    from kd_runs.poster import dvc
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -15,8 +15,8 @@ import yaml
 from conftest import REPO
 from kd.files import save_torch
 from kd.params import Params
-from kd.run_info import dvc_stage, file_metrics, stage_param_keys, stage_params
-from kd.tracking import ENV_DEFAULTS, Tracker
+from kd_runs.run_info import dvc_stage, file_metrics, stage_param_keys, stage_params
+from kd_runs.tracking import ENV_DEFAULTS, Tracker
 from mlflow_server import mlflow_server
 from system import free_port
 

@@ -1,5 +1,5 @@
 """What every stage script shares: validated params, timing, clear failures,
-and the stage's MLflow run (kd.tracking)."""
+and the stage's MLflow run (kd_runs.tracking)."""
 from __future__ import annotations
 
 import sys
@@ -18,7 +18,7 @@ from kd.params import Params, ParamsError, load_params
 from kd.paths import METRICS, model_file, split_file
 from kd.resume import ResumeState, resume_key
 from kd.soft_labels import StaleSoftLabelsError
-from kd.tracking import Tracker
+from kd_runs.tracking import Tracker
 from kd.train import DivergedError, TensorBatches, fit
 
 # Errors a user can fix; anything else is a bug and keeps its traceback.

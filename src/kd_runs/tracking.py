@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from kd.params import Params, project_root
-from kd.run_info import (METRICS_DIR, dvc_stage, file_metrics, parent_name, run_tags, stage_metrics_files,
+from kd_runs.run_info import (METRICS_DIR, dvc_stage, file_metrics, parent_name, run_tags, stage_metrics_files,
                          stage_param_keys, stage_params)
 
 # Set before mlflow is imported; the user's own environment wins. MLflow's

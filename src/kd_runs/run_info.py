@@ -1,6 +1,6 @@
 """What a stage's MLflow run records, read from dvc.yaml and params: the stage's
 params and metrics files, and the tags that tie the stages of one `dvc repro` /
-`dvc exp run` invocation to one parent run (see kd.tracking)."""
+`dvc exp run` invocation to one parent run (see kd_runs.tracking)."""
 from __future__ import annotations
 
 import hashlib

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from scipy import stats
 
-from kd.poster import OMITTED_DIGIT, Experiment
+from kd_runs.poster import OMITTED_DIGIT, Experiment
 
 # Published numbers, as the poster and the papers state them (test accuracy, %).
 HINTON = {"teacher": "99.33 (67 errors)", "baseline": "98.54 (146 errors)", "student": "99.26 (74 errors)"}

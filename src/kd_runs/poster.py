@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from kd.run_info import flatten  # {'teacher': {'lr': 0.1}} -> {'teacher.lr': 0.1}
+from kd_runs.run_info import flatten  # {'teacher': {'lr': 0.1}} -> {'teacher.lr': 0.1}
 
 SEEDS = (0, 1, 2)
 TEMPERATURES = (1, 2, 4, 8, 20, 50)
