@@ -51,6 +51,7 @@ def test_gain_test_separates_signal_from_noise():
     assert verdict(clear).startswith("yes, a gain")
     noisy = gain_test([0.99, 0.98, 0.995], [0.985, 0.99, 0.985])
     assert noisy["p"] > 0.05 and verdict(noisy).startswith("no")
+    assert verdict({"gains": [0.6, 0.62, 0.61], "mean": 0.61, "p": 0.0004}) == "yes, a gain (p<0.001)"
     assert pct([0.99, 0.98]) == "98.50 ± 0.71" and pct([]) == "not run" and pct([0.9]) == "90.00 (n=1)"
 
 

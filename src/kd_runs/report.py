@@ -53,7 +53,9 @@ def verdict(g: dict) -> str:
     if len(g["gains"]) < 2:
         return "one seed: no test"
     sign = "gain" if g["mean"] > 0 else "loss"
-    return f"yes, a {sign} (p={g['p']:.3f})" if g["p"] < 0.05 else f"no (p={g['p']:.2f})"
+    if g["p"] >= 0.05:
+        return f"no (p={g['p']:.2f})"
+    return f"yes, a {sign} (p<0.001)" if g["p"] < 0.001 else f"yes, a {sign} (p={g['p']:.3f})"
 
 
 def fmt_gain(g: dict) -> str:
