@@ -43,6 +43,7 @@ from kd.checkpoint import load_model, new_model  # noqa: E402
 from kd.datasets import DATASETS, fetch_cifar10  # noqa: E402
 from kd.device import autocast, pick_device  # noqa: E402
 from kd.evaluate import predict  # noqa: E402
+from kd.files import InputFileError  # noqa: E402
 from kd.losses import LOSSES  # noqa: E402
 from kd.params import TrainParams  # noqa: E402
 from kd.soft_labels import ViewCache, live_teacher, teacher_view_logits, view_shifts  # noqa: E402
@@ -134,6 +135,8 @@ def main():
     ap.add_argument("--teacher-checkpoint", type=Path, default=None,
                     help="a trained teacher (its arch replaces --teacher); default: an untrained one")
     args = ap.parse_args()
+    if args.epochs is not None and args.epochs < 1:
+        ap.error("--epochs must be at least 1")
     if args.quick:
         args.batches = 60
     if args.threads:
@@ -142,6 +145,18 @@ def main():
     n = EPOCH if args.epochs else args.batches * args.batch_size
     n_test = 10_000 if args.epochs else 2_000
 
+    torch.manual_seed(0)  # the teacher's and then the student's init
+    if args.teacher_checkpoint:
+        try:
+            teacher, ckpt = load_model(args.teacher_checkpoint)
+        except InputFileError as e:
+            ap.error(str(e))
+        if ckpt["dataset"] != "cifar10":
+            ap.error(f"{args.teacher_checkpoint}: a {ckpt['dataset']} model, not a CIFAR-10 one")
+        args.teacher = ckpt["arch"]
+    else:
+        teacher = new_model(args.teacher, "cifar10").eval()  # untrained: speed does not depend on weights
+
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as raw:
         data = fetch_cifar10(Path(args.mirror), Path(raw))
@@ -149,13 +164,7 @@ def main():
         xt, yt = data["test"][0][:n_test], data["test"][1][:n_test]
     print(f"decoded {n + n_test} JPEGs in {time.perf_counter() - t0:.1f}s")
 
-    torch.manual_seed(0)
-    if args.teacher_checkpoint:
-        teacher, ckpt = load_model(args.teacher_checkpoint)
-        args.teacher = ckpt["arch"]
-    else:
-        teacher = new_model(args.teacher, "cifar10").eval()  # untrained: speed does not depend on weights
-    init = new_model(args.student, "cifar10").state_dict()
+    init = new_model(args.student, "cifar10").state_dict()  # after the teacher, as in the measured runs
     profile = yaml.safe_load((ROOT / "profiles" / "cifar10-cpu.yaml").read_text())
     loss_fn = partial(LOSSES["kd"], temperature=profile["temperature"], alpha=profile["alpha"])
     base = {**profile["student"], "arch": args.student, "epochs": args.epochs or 1,
@@ -190,13 +199,13 @@ def main():
     logits = teacher_view_logits(teacher_fast, x, shifts, args.views, device=device, amp=True)
     cache = ViewCache(shifts, 4, True, logits)
     cache_sec = time.perf_counter() - t0
+    ours_cfg = TrainParams(**{**base, "amp": True})
     m = fresh()
-    rows["ours"] = (ours(m, x, y, TrainParams(**{**base, "amp": True}), loss_fn, device, views=cache), acc(m, True))
+    rows["ours"] = (ours(m, x, y, ours_cfg, loss_fn, device, views=cache), acc(m, True))
     if not args.skip_live:
         m = fresh()
         live = live_teacher(teacher_fast, device, amp=True)
-        rows["ours-live"] = (ours(m, x, y, TrainParams(**{**base, "amp": True}), loss_fn, device, teacher=live),
-                             acc(m, True))
+        rows["ours-live"] = (ours(m, x, y, ours_cfg, loss_fn, device, teacher=live), acc(m, True))
 
     epochs = args.epochs or 1
     head = f"test acc ({n_test})" if args.epochs else "short-run acc"

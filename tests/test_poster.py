@@ -1,6 +1,7 @@
 """`make poster`: which experiments it queues, that they share work through DVC's
 run-cache, that a second run trains nothing, and the report's arithmetic."""
 import json
+import os
 import re
 import shutil
 import sys
@@ -183,7 +184,7 @@ def test_starting_the_queue_worker_does_not_wait_for_it(tmp_path, monkeypatch):
     fake = bin_dir / "dvc"
     fake.write_text(f"#!/bin/sh\necho starting a worker\n(sleep 5; touch {done}) &\nexit 0\n")
     fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     out = dvc(tmp_path, "queue", "start", "-j", "1")
     assert out.returncode == 0 and "starting a worker" in out.stdout
     assert not done.exists()  # returned while the "worker" still runs

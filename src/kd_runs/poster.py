@@ -93,18 +93,15 @@ def expected_params(root: Path, exp: Experiment) -> dict:
 # ---- what DVC already holds -------------------------------------------------------------
 
 def _tool(name: str, root: Path, args, check: bool) -> subprocess.CompletedProcess:
-    if args[:2] == ("queue", "start"):
-        # The worker it detaches inherits our stdout/stderr: with pipes, run() would
-        # wait for the worker's end instead of returning (seen here). Files end nothing.
-        with tempfile.TemporaryFile("w+") as log:
-            code = subprocess.run([name, *args], cwd=root, stdout=log, stderr=log).returncode
-            log.seek(0)
-            out = subprocess.CompletedProcess(args, code, log.read(), "")
-    else:
-        out = subprocess.run([name, *args], cwd=root, capture_output=True, text=True)
-    if check and out.returncode != 0:
-        raise PosterError(f"{name} {' '.join(args)} failed:\n{out.stdout}{out.stderr}".rstrip())
-    return out
+    # Output goes to files, not pipes: `dvc queue start` detaches a worker that
+    # inherits them, and with pipes we would wait for the worker's end (seen here).
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        code = subprocess.run([name, *args], cwd=root, stdout=out, stderr=err, text=True).returncode
+        out.seek(0), err.seek(0)
+        done = subprocess.CompletedProcess(args, code, out.read(), err.read())
+    if check and code != 0:
+        raise PosterError(f"{name} {' '.join(args)} failed:\n{done.stdout}{done.stderr}".rstrip())
+    return done
 
 
 def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
