@@ -1,15 +1,16 @@
 """Student-epoch speed of KD on CIFAR-10: our loop against the common recipe of
 public KD repos, same nets, same machine, one run.
 
-    python benchmarks/cifar_kd_speed.py --quick                  # 60 batches each
-    python benchmarks/cifar_kd_speed.py --batches 300 --threads 1
-    python benchmarks/cifar_kd_speed.py --epochs 5 --teacher-checkpoint models/teacher.pt
+    PYTHONPATH=src python benchmarks/cifar_kd_speed.py --quick                  # 60 batches each
+    PYTHONPATH=src python benchmarks/cifar_kd_speed.py --batches 300 --threads 1
+    PYTHONPATH=src python benchmarks/cifar_kd_speed.py --epochs 5 --teacher-checkpoint models/teacher.pt
 
 common: torchvision-style dataset (PIL image per sample) + DataLoader with
         per-sample RandomCrop(32, 4) / flip / ToTensor / Normalize, fp32, the
         teacher run on every batch (what e.g. Tf-KD or kuangliu-based code does).
-ours:   `kd.train.fit` on uint8 tensors with batched augmentation, bf16
-        autocast + channels_last, teacher logits from the view cache (K views
+ours:   `kd.train.fit` on uint8 tensors with batched augmentation, in the
+        precision `auto` picks here (bf16 + channels_last only on a CPU with
+        native bf16, else fp32), teacher logits from the view cache (K views
         computed once; their one-off cost is printed separately).
 ours-live: our loop with the teacher run on every batch (soft_labels.mode=live).
 
@@ -27,7 +28,6 @@ are those of profiles/cifar10-cpu.yaml in both modes.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from functools import partial
@@ -37,17 +37,15 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from kd.checkpoint import load_model, new_model  # noqa: E402
-from kd.datasets import DATASETS, fetch_cifar10  # noqa: E402
-from kd.device import autocast, pick_device  # noqa: E402
-from kd.evaluate import predict  # noqa: E402
-from kd.files import InputFileError  # noqa: E402
-from kd.losses import LOSSES  # noqa: E402
-from kd.params import TrainParams  # noqa: E402
-from kd.soft_labels import ViewCache, live_teacher, teacher_view_logits, view_shifts  # noqa: E402
-from kd.train import TensorBatches, fit, make_optimizer  # noqa: E402
+from kd.checkpoint import load_model, new_model
+from kd.datasets import DATASETS, fetch_cifar10
+from kd.device import autocast, pick_device, prepare_model, resolve_precision
+from kd.files import InputFileError
+from kd.losses import LOSSES
+from kd.params import TrainParams
+from kd.predict import predict
+from kd.soft_labels import ViewCache, live_teacher, teacher_view_logits, view_shifts
+from kd.train import TensorBatches, fit, make_optimizer
 
 EPOCH = 45_000
 
@@ -110,11 +108,11 @@ def common_recipe(student, teacher, x, y, cfg, loss_fn, device, workers) -> floa
 
 
 def ours(student, x, y, cfg, loss_fn, device, views=None, teacher=None) -> float:
-    if cfg.amp:
-        student = student.to(memory_format=torch.channels_last)
+    precision = resolve_precision(cfg.precision, device)
+    student = prepare_model(student, precision)
     batches = TensorBatches(x, y, cfg.batch_size, seed=0, shift=4, flip=True, views=views)
     t0 = time.perf_counter()
-    fit(student, batches, (x[:10], y[:10]), loss_fn, cfg, device=device, amp=cfg.amp, teacher=teacher)
+    fit(student, batches, (x[:10], y[:10]), loss_fn, cfg, device=device, precision=precision, teacher=teacher)
     return time.perf_counter() - t0
 
 
@@ -168,7 +166,7 @@ def main():
     profile = yaml.safe_load((ROOT / "profiles" / "cifar10-cpu.yaml").read_text())
     loss_fn = partial(LOSSES["kd"], temperature=profile["temperature"], alpha=profile["alpha"])
     base = {**profile["student"], "arch": args.student, "epochs": args.epochs or 1,
-            "batch_size": args.batch_size, "amp": False}
+            "batch_size": args.batch_size, "precision": "fp32"}
     print(f"device={device.type} threads={torch.get_num_threads()} teacher={args.teacher}"
           f"{' (trained)' if args.teacher_checkpoint else ' (untrained)'} student={args.student} "
           + (f"epochs={args.epochs} on {n} images" if args.epochs else f"batches={args.batches}x{args.batch_size}")
@@ -179,8 +177,8 @@ def main():
         m.load_state_dict(init)
         return m
 
-    def acc(m, amp):
-        return (predict(m, xt, device=device, amp=amp).argmax(1) == yt).float().mean().item()
+    def acc(m, precision):
+        return (predict(m, xt, device=device, precision=precision).argmax(1) == yt).float().mean().item()
 
     cpu = torch.device("cpu")
     loader_sec = data_only(common_loader(x, y, args.batch_size, args.workers))
@@ -191,21 +189,22 @@ def main():
     rows = {}
     m = fresh()
     sec = common_recipe(m, teacher, x, y, TrainParams(**base), loss_fn, device, args.workers)
-    rows["common"] = (sec, acc(m, False))
+    rows["common"] = (sec, acc(m, "fp32"))
 
     t0 = time.perf_counter()
     shifts = view_shifts(n, args.views, 4, True, seed=0)
-    teacher_fast = teacher.to(device).to(memory_format=torch.channels_last)
-    logits = teacher_view_logits(teacher_fast, x, shifts, args.views, device=device, amp=True)
+    fast = resolve_precision("auto", device)  # bf16 only where the hardware has it
+    teacher_fast = prepare_model(teacher.to(device), fast)
+    logits = teacher_view_logits(teacher_fast, x, shifts, args.views, device=device, precision=fast)
     cache = ViewCache(shifts, 4, True, logits)
     cache_sec = time.perf_counter() - t0
-    ours_cfg = TrainParams(**{**base, "amp": True})
+    ours_cfg = TrainParams(**{**base, "precision": fast})
     m = fresh()
-    rows["ours"] = (ours(m, x, y, ours_cfg, loss_fn, device, views=cache), acc(m, True))
+    rows["ours"] = (ours(m, x, y, ours_cfg, loss_fn, device, views=cache), acc(m, fast))
     if not args.skip_live:
         m = fresh()
-        live = live_teacher(teacher_fast, device, amp=True)
-        rows["ours-live"] = (ours(m, x, y, ours_cfg, loss_fn, device, teacher=live), acc(m, True))
+        live = live_teacher(teacher_fast, device, fast)
+        rows["ours-live"] = (ours(m, x, y, ours_cfg, loss_fn, device, teacher=live), acc(m, fast))
 
     epochs = args.epochs or 1
     head = f"test acc ({n_test})" if args.epochs else "short-run acc"

@@ -4,12 +4,14 @@ import _bootstrap  # noqa: F401
 
 from kd.checkpoint import load_model
 from kd.datasets import DATASETS
-from kd.evaluate import confusion_rows, predict, report
+from kd.device import describe, hardware_info
+from kd.evaluate import confusion_rows, report
 from kd.figures import confusion_matrix
 from kd.files import write_csv, write_json
 from kd.model_cost import model_cost, model_latency
 from kd.models import count_params
 from kd.paths import METRICS, model_file
+from kd.predict import predict
 from kd.stage import load_split, stage
 
 ROLES = ("teacher", "baseline", "student")  # teacher first: the others are compared with it
@@ -21,6 +23,9 @@ with stage("evaluate") as run:
     # The omitted-class bias is fit on validation images only; the test set only reports it.
     val_x, val_y = load_split("val") if p.omit_classes else (None, None)
     results, cost, latency = {}, {}, {}
+    # Test numbers always in fp32, whatever precision trained the models: the reference
+    # every machine can compute.
+    print(f"evaluating in fp32 on {describe(run.device)}")
     for role in ROLES:
         model, _ = load_model(model_file(role))
         model = model.to(run.device)
@@ -51,6 +56,7 @@ with stage("evaluate") as run:
                   f"test accuracy {summary['accuracy']:.4f} -> {fixed['accuracy']:.4f}, "
                   f"omitted classes {summary['omitted_accuracy']:.4f} -> {fixed['omitted_accuracy']:.4f}")
     results["kd_gain"] = round(results["student"]["accuracy"] - results["baseline"]["accuracy"], 6)
+    results["hardware"] = hardware_info(run.device, "fp32")
     write_json(METRICS / "evaluate.json", results)
     # Size numbers are exact and stable; latency is a wall-clock measurement, kept apart
     # so that a rerun leaves model_cost.json byte-identical.

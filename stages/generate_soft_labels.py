@@ -7,6 +7,7 @@ precompute, the file only records the mode.
 import _bootstrap  # noqa: F401
 
 from kd.checkpoint import load_model
+from kd.device import describe, resolve_precision
 from kd.paths import SOFT_LABELS, model_file, split_file
 from kd.soft_labels import ViewCache, save_soft_labels, teacher_view_logits, view_shifts
 from kd.stage import load_split, stage
@@ -19,8 +20,10 @@ with stage("generate_soft_labels") as run:
         teacher, _ = load_model(model_file("teacher"))
         x, _ = load_split("train")
         shifts = view_shifts(len(x), p.soft_labels.views, s.jitter, s.flip, p.seed)
+        precision = resolve_precision(p.teacher.precision, run.device)
+        print(f"teacher inference in {precision} (params: {p.teacher.precision}) on {describe(run.device)}")
         logits = teacher_view_logits(teacher.to(run.device), x, shifts, p.soft_labels.views,
-                                     device=run.device, amp=p.teacher.amp)
+                                     device=run.device, precision=precision)
         cache = ViewCache(shifts, s.jitter, s.flip, logits)
         print(f"{logits.shape[0]} views x {logits.shape[1]} images of teacher logits -> {SOFT_LABELS}")
     save_soft_labels(SOFT_LABELS, cache, teacher=model_file("teacher"), data=split_file("train"), mode=mode)

@@ -4,6 +4,7 @@ import _bootstrap  # noqa: F401
 from functools import partial
 
 from kd.checkpoint import load_model
+from kd.device import resolve_precision
 from kd.files import file_md5
 from kd.losses import LOSSES
 from kd.paths import SOFT_LABELS, model_file, split_file
@@ -24,4 +25,4 @@ with stage("train_student", ddp=True) as run:
     else:
         teacher, _ = load_model(model_file("teacher"))
         train_model(run, "student", p.student, x, y, loss, seed=p.seed, config=config,
-                    teacher=live_teacher(teacher, run.device, p.teacher.amp))
+                    teacher=live_teacher(teacher, run.device, resolve_precision(p.teacher.precision, run.device)))

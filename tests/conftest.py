@@ -39,11 +39,13 @@ def make_toy_images():
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"]
 
 
-def sh(args, cwd, check=True, env=None):
+def sh(args, cwd, check=True, env=None, unset=()):
+    """Run a command; `unset` names environment variables to remove for it."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", **(env or {})}
-    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own store, mlflow.db
+    for name in ("MLFLOW_TRACKING_URI", *unset):  # MLflow: the project's own store, mlflow.db
+        env.pop(name, None)
     out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check and out.returncode != 0:
         raise AssertionError(f"{args} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
@@ -51,21 +53,26 @@ def sh(args, cwd, check=True, env=None):
 
 
 def stages_run(out) -> set[str]:
-    return set(re.findall(r"Running stage '(\w+)'", out.stdout + out.stderr))
+    """The stages a dvc command ran, from its output (a finished process or plain text)."""
+    text = out if isinstance(out, str) else out.stdout + out.stderr
+    return set(re.findall(r"Running stage '(\w+)'", text))
 
 
-def make_project(proj: Path, params: dict):
-    """Copy this repo's pipeline into `proj` (a new git repo) with `params`, run `dvc repro`;
-    returns (proj, the repro's output)."""
+def make_project(proj: Path, params: dict, run=None):
+    """Copy this repo's pipeline into `proj` (a new git repo) with `params`, run `dvc repro`
+    (or `run(proj)`); returns (proj, the repro's output)."""
     for name in PROJECT_FILES:
         src, dst = REPO / name, proj / name
         dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, dst)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copyfile(src, dst)
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q", "-b", "main"], proj)
     sh(["git", "add", "-A"], proj)
     sh(["git", "commit", "-qm", "init"], proj)
-    return proj, sh([sys.executable, "-m", "dvc", "repro"], proj)
+    return proj, (run(proj) if run else sh([sys.executable, "-m", "dvc", "repro"], proj))
 
 
 @pytest.fixture(scope="session")

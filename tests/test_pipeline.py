@@ -79,7 +79,7 @@ def test_mlflow_has_a_parent_run_and_a_child_per_stage(project):
     assert set(stages["check_params"].data.params) == set(parent.data.params)  # reads all of params.yaml
     # The teacher's views are drawn with the student's augmentation.
     assert set(stages["generate_soft_labels"].data.params) == {
-        "seed", "soft_labels.mode", "soft_labels.views", "student.jitter", "student.flip", "teacher.amp"}
+        "seed", "soft_labels.mode", "soft_labels.views", "student.jitter", "student.flip", "teacher.precision"}
     curve = [m.step for m in client.get_metric_history(teacher.info.run_id, "val_acc")]
     assert curve == [1, 2]
     assert teacher.data.metrics["macs"] == 784 * 1200 + 1200 * 1200 + 1200 * 10

@@ -71,7 +71,7 @@ def test_student_batches_carry_the_logits_of_the_view_they_show(teacher, cifar_l
 def test_live_teacher_trains_a_student_on_the_batch_it_sees(teacher, cifar_like):
     x, y = cifar_like
     seen = []
-    live = live_teacher(teacher, CPU, amp=False)
+    live = live_teacher(teacher, CPU, "fp32")
 
     def loss(logits, batch):
         seen.append(batch["teacher_logits"])

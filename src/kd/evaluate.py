@@ -1,27 +1,9 @@
-"""Inference and the numbers we report about a model."""
+"""The numbers we report about a model, from its logits."""
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import nn
-
-from kd.device import autocast
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, *, device: torch.device, amp: bool = False,
-            batch_size: int = 1000) -> torch.Tensor:
-    """Logits (float32, on CPU) for uint8 images x."""
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(x), batch_size):
-        xb = x[start : start + batch_size].to(device).float().div_(255)
-        with autocast(device, amp):
-            out.append(model(xb).float().cpu())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
 
 
 def _rate(hits: torch.Tensor) -> float:

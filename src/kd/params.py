@@ -69,8 +69,9 @@ class TrainParams(_Strict):
     # Random translation by up to this many pixels (Hinton's "jitter").
     jitter: int = Field(0, ge=0)
     flip: bool = False
-    # bf16 autocast (+ channels_last): about 2x faster for conv nets on CPU.
-    amp: bool = False
+    # auto: bf16 where the hardware computes in bf16 (CUDA with bf16, a CPU with
+    # AVX512_BF16 or AMX), fp32 elsewhere; bf16 is emulated, and slower, on AVX2.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 class TeacherParams(TrainParams):

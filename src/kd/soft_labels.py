@@ -65,7 +65,7 @@ def view_shifts(n: int, views: int, max_shift: int, flip: bool, seed: int) -> Sh
 
 @torch.no_grad()
 def teacher_view_logits(teacher: nn.Module, x: torch.Tensor, shifts: Shifts | None, views: int, *,
-                        device: torch.device, amp: bool = False, batch_size: int = 1000) -> torch.Tensor:
+                        device: torch.device, precision: str = "fp32", batch_size: int = 1000) -> torch.Tensor:
     """float32 [views, N, classes] logits of the teacher on each view of uint8 images x."""
     teacher.eval()
     out = []
@@ -74,19 +74,19 @@ def teacher_view_logits(teacher: nn.Module, x: torch.Tensor, shifts: Shifts | No
         for start in range(0, len(x), batch_size):
             sl = slice(start, start + batch_size)
             xb = apply_shifts(x[sl], shifts[k, sl] if shifts else None)
-            with autocast(device, amp):
+            with autocast(device, precision):
                 chunks.append(teacher(xb.to(device).float().div_(255)).float().cpu())
         out.append(torch.cat(chunks))
     return torch.stack(out)
 
 
-def live_teacher(teacher: nn.Module, device: torch.device, amp: bool):
+def live_teacher(teacher: nn.Module, device: torch.device, precision: str):
     """The `live` mode: teacher logits of exactly the batch the student sees."""
     teacher.to(device).eval()
 
     @torch.no_grad()
     def logits(x: torch.Tensor) -> torch.Tensor:
-        with autocast(device, amp):
+        with autocast(device, precision):
             return teacher(x).float()
     return logits
 

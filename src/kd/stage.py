@@ -12,7 +12,7 @@ import torch
 from kd import distributed
 from kd.checkpoint import new_model, save_model
 from kd.datasets import DataError
-from kd.device import pick_device, seed_everything
+from kd.device import describe, hardware_info, pick_device, prepare_model, resolve_precision, seed_everything
 from kd.files import InputFileError, file_md5, load_torch, write_csv, write_json
 from kd.params import Params, ParamsError, load_params
 from kd.paths import METRICS, model_file, split_file
@@ -55,7 +55,7 @@ def stage(name: str, *, ddp: bool = False):
             tracking.start(params)  # never raises; a tracking failure only warns
         run = StageRun(name, params, distributed.init(pick_device()), tracking)
         if distributed.is_main():
-            print(f"[{name}] device={run.device.type} processes={distributed.world_size()} "
+            print(f"[{name}] device={describe(run.device)} processes={distributed.world_size()} "
                   f"torch={torch.__version__}", flush=True)
         yield run
     except USER_ERRORS as e:
@@ -92,15 +92,18 @@ def train_model(run: StageRun, role: str, cfg, x, y, loss_fn, *, seed: int, extr
     p = run.params
     seed_everything(seed)  # the model's init
     model = new_model(cfg.arch, p.data.dataset, dropout=cfg.dropout, input_dropout=cfg.input_dropout)
-    if cfg.amp:
-        model = model.to(memory_format=torch.channels_last)
+    precision = resolve_precision(cfg.precision, run.device)
+    model = prepare_model(model, precision)
+    if distributed.is_main():
+        print(f"[{run.name}] {role}: precision {precision} (params: {cfg.precision}) on {describe(run.device)}",
+              flush=True)
     batches = TensorBatches(x, y, cfg.batch_size, seed, shift=cfg.jitter, flip=cfg.flip, extras=extras or {},
                             views=views, rank=distributed.rank(), world=distributed.world_size())
     key = resume_key(run.name, {"cfg": cfg.model_dump(), "seed": seed, **(config or {})},
                      {"train": file_md5(split_file("train"))})
     resume = ResumeState(run.name, key)
     val = load_split("val")
-    history = fit(model, batches, val, loss_fn, cfg, device=run.device, amp=cfg.amp, resume=resume,
+    history = fit(model, batches, val, loss_fn, cfg, device=run.device, precision=precision, resume=resume,
                   on_epoch=run.tracking.log_epoch, teacher=teacher)  # log_epoch: a no-op on ranks other than 0
     if not distributed.is_main():
         return  # rank 0 holds the same weights and writes everything
@@ -113,7 +116,10 @@ def train_model(run: StageRun, role: str, cfg, x, y, loss_fn, *, seed: int, extr
         "val_acc": round(last["val_acc"], 6), "val_loss": round(last["val_loss"], 6),
         "train_acc": round(last["train_acc"], 6),
         "epochs": len(history), "train_samples": len(y),
+        # Results are bit-identical only on the same kind of CPU/GPU and precision.
+        **hardware_info(run.device, precision),
     })
+    run.tracking.set_tags(hardware_info(run.device, precision))
     resume.clear()
     track_model(run, role, model, history, val[0])
 

@@ -13,8 +13,8 @@ from tqdm import tqdm
 from kd import distributed
 from kd.augment import apply_shifts, draw_shifts
 from kd.device import autocast
-from kd.evaluate import predict
 from kd.params import TrainParams
+from kd.predict import predict
 from kd.resume import ResumeState
 from kd.soft_labels import ViewCache
 
@@ -113,7 +113,7 @@ def fit(
     cfg: TrainParams,
     *,
     device: torch.device,
-    amp: bool = False,
+    precision: str = "fp32",
     resume: ResumeState | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -122,7 +122,8 @@ def fit(
 
     Under torchrun every rank calls this with its own shard of `batches`; the
     returned metrics are over all ranks, and only rank 0 prints and saves the
-    resume state. `on_epoch` runs on every rank. `teacher`, if given, maps each
+    resume state. `precision` is a resolved one (kd.device.resolve_precision).
+    `on_epoch` runs on every rank. `teacher`, if given, maps each
     training batch to its teacher logits (live KD).
     """
     model.to(device)
@@ -150,7 +151,7 @@ def fit(
         for step, (x, batch) in enumerate(bar):
             if teacher is not None:
                 batch["teacher_logits"] = teacher(x)
-            with autocast(device, amp):
+            with autocast(device, precision):
                 logits = net(x)
             loss = loss_fn(logits.float(), batch)
             finite = bool(torch.isfinite(loss))
@@ -167,7 +168,7 @@ def fit(
             correct += (logits.argmax(1) == batch["y"]).sum().item()
             seen += n
         total, correct, seen = distributed.sum_all([total, correct, seen], device)
-        val_logits = predict(model, val[0], device=device, amp=amp)
+        val_logits = predict(model, val[0], device=device, precision=precision)
         row = {
             "epoch": epoch + 1,
             "train_loss": total / seen,

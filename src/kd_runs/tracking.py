@@ -203,6 +203,15 @@ class Tracker:
             if not path.is_relative_to(METRICS_DIR / "timing"):  # already the `seconds` metric
                 self.log_metrics(file_metrics(path), parent=True)
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.active:
+            self._guard("setting tags", self._set_tags, tags)
+
+    def _set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
     def log_artifact(self, path: Path, artifact_dir: str | None = None) -> None:
         if self.active:
             self._guard(f"logging {path}", self._client.log_artifact, self.run_id, str(path), artifact_dir)

@@ -1,0 +1,63 @@
+"""DVC reruns only what changed, also on a machine that writes Python bytecode.
+
+This workplace (and CI) exports PYTHONDONTWRITEBYTECODE=1, which hid that every
+stage's `src/kd` dependency changed as soon as Python cached its bytecode there:
+the second `dvc repro` reran the whole pipeline. Every command here runs with
+bytecode writing on, as on a user's machine.
+"""
+import sys
+
+import pytest
+import yaml
+
+from conftest import MIRROR, REPO, make_project, sh, stages_run
+
+TRAINING = {"train_teacher", "train_baseline", "generate_soft_labels", "train_student"}
+
+
+def dvc(*args, proj, check=True):
+    return sh([sys.executable, "-m", "dvc", *args], proj, check=check, unset=["PYTHONDONTWRITEBYTECODE"],
+              env={"KD_TRACKING": "0"})
+
+
+@pytest.fixture(scope="module")
+def bytecode_project(tmp_path_factory):
+    if not (MIRROR / "mnist").is_dir():
+        pytest.skip("needs the MNIST mirror")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(mirror=str(MIRROR), max_train=300, val_size=100)
+    for role in ("teacher", "student"):
+        params[role].update(epochs=1, batch_size=64)
+    proj = tmp_path_factory.mktemp("bytecode")
+    proj, first = make_project(proj, params, run=lambda p: dvc("repro", proj=p))
+    assert TRAINING <= stages_run(first)
+    # The premise: Python did write bytecode next to the library the stages depend on.
+    assert list((proj / "src" / "kd").rglob("*.pyc")), "no bytecode written: the test proves nothing"
+    sh(["git", "add", "-A"], proj)
+    sh(["git", "commit", "-qm", "first run"], proj)
+    return proj
+
+
+def test_second_repro_runs_nothing(bytecode_project):
+    out = dvc("repro", proj=bytecode_project)
+    assert stages_run(out) == set()
+    assert "Data and pipelines are up to date" in out.stdout
+
+
+def test_temperature_experiment_retrains_only_the_student(bytecode_project):
+    out = dvc("exp", "run", "-S", "temperature=5", proj=bytecode_project)
+    # check_params validates params.yaml (milliseconds) whenever it changes.
+    assert stages_run(out) == {"check_params", "train_student", "evaluate"}
+
+
+def test_queued_sweep_trains_no_teacher_and_no_baseline(bytecode_project):
+    proj = bytecode_project
+    sh(["git", "checkout", "--", "params.yaml"], proj)
+    dvc("exp", "run", "--queue", "-S", "temperature=2,8", proj=proj)
+    dvc("exp", "run", "--run-all", proj=proj)
+    status = dvc("queue", "status", proj=proj).stdout
+    names = [line.split()[1] for line in status.splitlines() if line.split()[-1:] == ["Success"]]
+    assert len(names) == 2, status
+    for name in names:
+        logs = dvc("queue", "logs", name, proj=proj).stdout
+        assert stages_run(logs) == {"check_params", "train_student", "evaluate"}, (name, logs[-3000:])
