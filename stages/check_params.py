@@ -3,8 +3,6 @@
 Every stage depends on the marker this writes; its content never changes, so
 a valid edit reruns only the stages whose own params changed.
 """
-import _bootstrap  # noqa: F401
-
 from kd.files import write_json
 from kd.stage import stage
 

@@ -1,7 +1,5 @@
 """Stage evaluate: test-set numbers for teacher, baseline student and distilled student,
 and what each model costs to run."""
-import _bootstrap  # noqa: F401
-
 from kd.checkpoint import load_model
 from kd.datasets import DATASETS
 from kd.device import describe, hardware_info

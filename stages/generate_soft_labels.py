@@ -4,8 +4,6 @@ cached mode: for each image, soft_labels.views augmented views drawn with the
 student's augmentation (jitter, flip) from `seed`; live mode: nothing to
 precompute, the file only records the mode.
 """
-import _bootstrap  # noqa: F401
-
 from kd.checkpoint import load_model
 from kd.device import describe, resolve_precision
 from kd.paths import SOFT_LABELS, model_file, split_file

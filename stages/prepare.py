@@ -1,6 +1,4 @@
 """Stage prepare: raw data (mirror or download) -> train / val / test uint8 tensors."""
-import _bootstrap  # noqa: F401
-
 from kd.datasets import DATASETS, check_split, split_train_val
 from kd.files import save_torch, staged_dir
 from kd.params import resolve_mirror

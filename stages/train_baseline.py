@@ -3,8 +3,6 @@
 Reads neither temperature, alpha nor soft labels, so a sweep over them
 never retrains it.
 """
-import _bootstrap  # noqa: F401
-
 from kd.losses import LOSSES
 from kd.stage import keep_classes, load_split, stage, train_model
 

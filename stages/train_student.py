@@ -1,6 +1,4 @@
 """Stage train_student: the student on true labels + the teacher's soft labels."""
-import _bootstrap  # noqa: F401
-
 from functools import partial
 
 from kd.checkpoint import load_model

@@ -1,6 +1,4 @@
 """Stage train_teacher: the teacher on true labels, on every class."""
-import _bootstrap  # noqa: F401
-
 from kd.losses import LOSSES
 from kd.stage import load_split, stage, train_model
 

@@ -54,7 +54,15 @@ def test_queued_sweep_trains_no_teacher_and_no_baseline(bytecode_project):
     proj = bytecode_project
     sh(["git", "checkout", "--", "params.yaml"], proj)
     dvc("exp", "run", "--queue", "-S", "temperature=2,8", proj=proj)
-    dvc("exp", "run", "--run-all", proj=proj)
+    # Queued runs execute in a copy under .dvc/tmp/exps and must import the copy's code
+    # (dvc.yaml's `PYTHONPATH=src`), not the workspace's: break the workspace's meanwhile.
+    losses = proj / "src" / "kd" / "losses.py"
+    good = losses.read_text()
+    losses.write_text(good + "\nraise RuntimeError('the workspace code was imported')\n")
+    try:
+        dvc("exp", "run", "--run-all", proj=proj)
+    finally:
+        losses.write_text(good)
     status = dvc("queue", "status", proj=proj).stdout
     names = [line.split()[1] for line in status.splitlines() if line.split()[-1:] == ["Success"]]
     assert len(names) == 2, status
