@@ -276,7 +276,7 @@ open("models/teacher.txt", "w").write(str(yaml.safe_load(open("params.yaml"))["t
 TOY_STUDENT = """\
 import json, os, yaml
 p = yaml.safe_load(open("params.yaml"))
-if p["omit_classes"] and p["seed"] == 1:
+if p["omit_classes"]:
     raise SystemExit("this student fails")
 os.makedirs("models", exist_ok=True), os.makedirs("metrics", exist_ok=True)
 open("models/student.txt", "w").write(str(p))
@@ -287,9 +287,9 @@ json.dump({"teacher": {"accuracy": 0.99}, "baseline": {"accuracy": acc}, "studen
 
 
 def test_real_dvc_shares_the_teacher_reuses_and_reports_a_failure(tmp_path):
-    """A pipeline of two tiny stages under real DVC: `dvc exp run --run-all` trains the
-    shared teacher once, `dvc exp show --json` finds the results, the failed experiment
-    (mnist-omit3-s1) is the only one a second run queues, and fails again."""
+    """A pipeline of two tiny stages under real DVC: three experiments share a teacher and
+    `dvc exp run --run-all` trains it once; `dvc exp show --json` finds the results; the
+    failed experiment (mnist-omit3-s0) is under "Not run" and the command exits 1."""
     proj = tmp_path / "toy"
     proj.mkdir()
     files = {"dvc.yaml": TOY_DVC_YAML, "teacher.py": TOY_TEACHER, "student.py": TOY_STUDENT,
@@ -300,23 +300,28 @@ def test_real_dvc_shares_the_teacher_reuses_and_reports_a_failure(tmp_path):
     sh([sys.executable, "-m", "dvc", "init", "-q"], proj)
     sh(["git", "add", "-A"], proj)
     sh(["git", "commit", "-qm", "toy"], proj)
-    cmd, env = [sys.executable, "-m", "kd_runs.poster", *SMALL], {"PYTHONPATH": str(REPO / "src")}
+    cmd = [sys.executable, "-m", "kd_runs.poster", "--parts", "mnist", "--seeds", "0", "--temperatures", "2", "20"]
+    env = {"PYTHONPATH": str(REPO / "src")}
 
     first = sh(cmd, proj, env=env, check=False)
     assert first.returncode == 1, first.stdout + first.stderr
-    assert "4 experiments, 0 up to date, 4 to run" in first.stdout
-    ran = SMALL_NAMES - {"mnist-omit3-s1"}
-    logs = {n: sh([sys.executable, "-m", "dvc", "queue", "logs", n], proj).stdout for n in ran}
+    assert "3 experiments, 0 up to date, 3 to run" in first.stdout
+    # `dvc exp run --run-all` follows each experiment's log in turn (as `dvc queue logs <name>` shows it).
+    logs = dict(re.findall(r"Reproducing experiment '([\w-]+)'(.*?)(?=Reproducing experiment|\Z)", first.stdout, re.S))
+    assert set(logs) == {"mnist-T2-s0", "mnist-T20-s0", "mnist-omit3-s0"}, first.stdout
     trained = [n for n, log in logs.items() if "Running stage 'train_teacher'" in log]
-    assert len(trained) == 1, logs  # the others restored it from the run-cache
+    assert trained == ["mnist-T2-s0"], logs  # the first; the others restored it from the run-cache
     assert all("Stage 'train_teacher' is cached" in log for n, log in logs.items() if n not in trained)
     report = (proj / "reports" / "poster.md").read_text()
-    assert "3 run now and 0 reused" in report
+    assert "2 run now and 0 reused" in report
     assert report.split("## Not run")[1].split("##")[0].count("mnist-") == 1
 
-    again = sh(cmd, proj, env=env, check=False)
-    assert again.returncode == 1 and "4 experiments, 3 up to date, 1 to run" in again.stdout
-    assert "0 run now and 3 reused" in (proj / "reports" / "poster.md").read_text()
+    # Found again, and the failure still fails the command (no rerun here: the scripted-dvc tests
+    # check what is queued; this one only that DVC's own records say the same).
+    again = sh([*cmd, "--report-only"], proj, env=env, check=False)
+    assert again.returncode == 1 and "3 experiments, 2 up to date, 1 to run" in again.stdout
+    assert "mnist: 2 of 3 experiments finished" in (proj / "reports" / "poster.md").read_text()
+    assert "not run: mnist-omit3-s0" in again.stderr
 
 
 @pytest.mark.skipif(not (MIRROR / "mnist").is_dir(), reason="needs the MNIST mirror")

@@ -85,10 +85,9 @@ def pipeline_code(root: Path) -> list[str]:
                   | {"dvc.yaml"})
 
 
-def current(root: Path, exps: list[Experiment], shown: list[Shown] | None = None) -> dict[str, Shown]:
-    """Experiment name -> a finished run of it with the params and pipeline code we would
-    queue now, for those that have one."""
-    shown = show(root) if shown is None else shown
+def current(root: Path, exps: list[Experiment], shown: list[Shown]) -> dict[str, Shown]:
+    """Experiment name -> a finished run of it (from `show`) with the params and pipeline
+    code we would queue now, for those that have one."""
     code, found = pipeline_code(root), {}
     for exp in exps:
         want = exp.params(root)
@@ -100,13 +99,13 @@ def current(root: Path, exps: list[Experiment], shown: list[Shown] | None = None
     return found
 
 
-def run(root: Path, exps: list[Experiment]) -> None:
+def run(root: Path, exps: list[Experiment], shown: list[Shown]) -> None:
     """Queue `exps` and run them with `dvc exp run --run-all` (blocks; one worker, so
     experiments run one at a time and the first to need a teacher trains it for the others:
-    two workers would race to train it). A failed experiment is simply not current afterwards."""
+    two workers would race to train it). A failed experiment is simply not current afterwards.
+    `shown`: what `show` says now."""
     if not exps:
         return
-    shown = show(root)
     busy = sorted({s.name for s in shown if s.state in BUSY})
     if busy:
         raise PosterError(f"DVC already has queued or running experiments ({', '.join(busy)}): "

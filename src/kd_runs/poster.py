@@ -49,22 +49,25 @@ def main(argv=None) -> int:
     lines = []
     try:
         by_part = experiments.poster(root, args.parts, args.seeds, temps, args.profile)
+        shown = dvc_exps.show(root)
         for part, exps in by_part.items():
-            reused = dvc_exps.current(root, exps)
+            reused = dvc_exps.current(root, exps, shown)
             todo = [e for e in exps if e.name not in reused]
             print(f"poster: {part}: {len(exps)} experiments, {len(reused)} up to date, {len(todo)} to run", flush=True)
             if args.report_only:
                 lines.append(f"- {part}: {len(reused)} of {len(exps)} experiments finished (report only)")
                 continue
             part_started = time.perf_counter()
-            dvc_exps.run(root, todo)
+            dvc_exps.run(root, todo, shown)
             seconds = time.perf_counter() - part_started
-            ran = dvc_exps.current(root, todo) if todo else {}
+            if todo:
+                shown = dvc_exps.show(root)
+            ran = dvc_exps.current(root, todo, shown)
             lines.append(f"- {part}: {len(exps)} experiments, {len(ran)} run now and {len(reused)} reused; "
                          f"wall time {_hm(seconds)} (budget {BUDGET_MIN[part]} min)")
             print(f"poster: {part}: {len(ran)}/{len(todo)} ran in {_hm(seconds)}", flush=True)
         everything = [e for exps in by_part.values() for e in exps]
-        found = dvc_exps.current(root, everything)
+        found = dvc_exps.current(root, everything, shown)
         commit = dvc_exps.git(root, "rev-parse", "--short", "HEAD").stdout.strip()
         # The report's own files do not make the code dirty: a rerun rewrites them.
         report_files = [f":(exclude){Path(args.out).with_suffix('')}", f":(exclude){args.out}"]
