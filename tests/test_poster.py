@@ -17,7 +17,7 @@ from conftest import MIRROR, PROJECT_FILES, REPO, sh
 from kd.paths import metrics_file
 from kd_runs import dvc_exps, poster
 from kd_runs.experiments import Experiment, PosterError, profile_overrides
-from kd_runs.experiments import poster as poster_experiments
+from kd_runs.experiments import plan
 from kd_runs.report import gain_test, pct, verdict, write_report
 
 EVALUATION = metrics_file("evaluate").as_posix()
@@ -41,7 +41,7 @@ def test_set_args_are_yaml_values_dvc_parses():
 
 
 def test_the_poster_list():
-    by_part = poster_experiments(REPO)
+    by_part = plan(REPO)
     exps = [e for part in by_part.values() for e in part]
     names = [e.name for e in exps]
     assert len(names) == len(set(names)) == 33

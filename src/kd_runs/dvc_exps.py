@@ -67,6 +67,8 @@ def show(root: Path) -> list[Shown]:
     out = []
     for baseline in json.loads(dvc(root, "exp", "show", "--json", *revs).stdout):
         for exp in baseline.get("experiments") or []:
+            if not exp.get("revs"):
+                continue
             data = exp["revs"][0]
             state = (exp.get("executor") or {}).get("state", "success")
             files = data.get("data", {})

@@ -94,7 +94,7 @@ def per_seed(part: str, settings: list[Setting], seeds) -> list[Experiment]:
             for s in settings for seed in seeds]
 
 
-def poster(root: Path, parts=PARTS, seeds=SEEDS, temperatures=TEMPERATURES,
+def plan(root: Path, parts=PARTS, seeds=SEEDS, temperatures=TEMPERATURES,
            profile: str = CIFAR_PROFILE) -> dict[str, list[Experiment]]:
     """Every experiment of the poster, by part, in queue order."""
     families = {"mnist": lambda: mnist(temperatures), "cifar": lambda: cifar(root, profile)}

@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     lines = []
     try:
-        by_part = experiments.poster(root, args.parts, args.seeds, temps, args.profile)
+        by_part = experiments.plan(root, args.parts, args.seeds, temps, args.profile)
         shown = dvc_exps.show(root)
         for part, exps in by_part.items():
             reused = dvc_exps.current(root, exps, shown)
