@@ -1,8 +1,10 @@
 """Rerun the poster's experiments as DVC experiments and write reports/poster.md.
 
-    make poster                                              # everything: MNIST, then CIFAR-10 (CPU profile)
-    PYTHONPATH=src python -m kd_runs.poster --parts mnist    # one part (what `make poster` runs, with options)
-    PYTHONPATH=src python -m kd_runs.poster --seeds 0 1 2 3  # more seeds
+    make poster                                  # everything: MNIST, then CIFAR-10 (CPU profile)
+    make poster ARGS="--parts mnist"             # one part
+    make poster ARGS="--seeds 0 1 2 3"           # more seeds
+
+`make poster` runs `PYTHONPATH=src python -m kd_runs.poster $(ARGS)` from the project root.
 
 Experiments already run with the same params and pipeline code are reused, so a
 second run with nothing changed queues nothing and only rewrites the report. A
