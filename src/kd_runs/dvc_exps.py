@@ -63,6 +63,7 @@ def baselines(root: Path) -> list[str]:
 
 
 def show(root: Path) -> list[Shown]:
+    """Every experiment DVC lists on those baselines: finished, failed, queued or running."""
     revs = [arg for sha in dict.fromkeys(baselines(root)) for arg in ("--rev", sha)]
     out = []
     for baseline in json.loads(dvc(root, "exp", "show", "--json", *revs).stdout):
