@@ -22,9 +22,10 @@ $(STAMP): requirements.txt
 repro: $(STAMP)
 	dvc repro
 
-# Every experiment of the poster as queued DVC experiments, then reports/poster.md.
+# Every experiment of the poster as DVC experiments, then reports/poster.md.
+# Options: make poster ARGS="--parts mnist --seeds 0 1 2 3" (see python -m kd_runs.poster --help).
 poster: $(STAMP)
-	python scripts/poster.py
+	PYTHONPATH=src python -m kd_runs.poster $(ARGS)
 
 test: $(STAMP) browser
 	python -m pytest

@@ -14,3 +14,14 @@ def split_file(split: str) -> Path:
 
 def model_file(role: str) -> Path:
     return MODELS / f"{role}.pt"
+
+
+def metrics_file(name: str) -> Path:
+    """metrics/<name>.json: a trained role's summary (teacher, baseline, student) or
+    what a stage measured (evaluate, model_cost, latency)."""
+    return METRICS / f"{name}.json"
+
+
+def timing_file(stage: str) -> Path:
+    """metrics/timing/<stage>.json: the stage's wall time."""
+    return METRICS / "timing" / f"{stage}.json"

@@ -1,238 +1,117 @@
-"""The poster's experiments as DVC experiments: which to run, queueing them, reading results.
+"""Rerun the poster's experiments as DVC experiments and write reports/poster.md.
 
-Every experiment is params.yaml plus `-S` overrides, queued with `dvc exp run --queue`
-and run by one `dvc queue` worker, so experiments sharing a teacher (or a baseline)
-train it once and restore it from DVC's run-cache afterwards. An experiment whose
-params and pipeline code match what would be queued now is reused, not rerun: a
-second `make poster` with nothing changed only rewrites the report.
+    make poster                                  # everything: MNIST, then CIFAR-10 (CPU profile)
+    make poster ARGS="--parts mnist"             # one part
+    make poster ARGS="--seeds 0 1 2 3"           # more seeds
+
+`make poster` runs `PYTHONPATH=src python -m kd_runs.poster $(ARGS)` from the project root.
+
+Experiments already run with the same params and pipeline code are reused, so a
+second run with nothing changed queues nothing and only rewrites the report. A
+failed experiment is listed under "Not run" and the command exits 1.
 """
 from __future__ import annotations
 
-import json
-import re
-import subprocess
-import tempfile
+import argparse
+import datetime
+import os
+import shlex
+import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
+from kd_runs import dvc_exps, experiments
+from kd_runs.experiments import CIFAR_PROFILE, PARTS, SEEDS, TEMPERATURES, PosterError
+from kd_runs.report import write_report
 
-from kd_runs.run_info import flatten  # {'teacher': {'lr': 0.1}} -> {'teacher.lr': 0.1}
-
-SEEDS = (0, 1, 2)
-TEMPERATURES = (1, 2, 4, 8, 20, 50)
-OMITTED_DIGIT = 3
-CIFAR_PROFILE = "profiles/cifar10-cpu.yaml"
-# (name, teacher arch, student arch) at the CPU profile; the small VGG is the weaker net.
-CIFAR_PAIRS = (
-    ("reversed", "vgg8", "resnet20"),       # a small teacher, a larger student
-    ("self-resnet20", "resnet20", "resnet20"),
-    ("self-vgg8", "vgg8", "vgg8"),
-    ("hetero", "resnet20", "vgg8"),         # normal KD across architectures
-)
+BUDGET_MIN = {"mnist": 45, "cifar": 120}  # the poster issue's budgets on a 2-core machine
 
 
-class PosterError(RuntimeError):
-    """Something the user can fix: a dirty queue, a failed experiment, a bad option."""
-
-
-@dataclass(frozen=True)
-class Experiment:
-    name: str                      # the DVC experiment name
-    part: str                      # "mnist" | "cifar": budgets and report sections
-    kind: str                      # "sweep", "omit", or a CIFAR pair name
-    seed: int
-    overrides: dict[str, Any] = field(default_factory=dict)   # dotted key -> value
-
-    def set_args(self) -> list[str]:
-        return [arg for key, value in self.overrides.items() for arg in ("-S", f"{key}={_yaml_value(value)}")]
-
-
-def _yaml_value(value) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...")
-
-
-def profile_overrides(base: dict, profile: dict) -> dict[str, Any]:
-    """The `-S` settings that turn params `base` into `profile` (a whole params file)."""
-    b, p = flatten(base), flatten(profile)
-    missing = sorted(set(b) - set(p))
-    if missing:
-        raise PosterError(f"{CIFAR_PROFILE} lacks keys that params.yaml has: {missing}")
-    return {k: v for k, v in p.items() if b.get(k, object()) != v}
-
-
-def experiments(root: Path, parts=("mnist", "cifar"), seeds=SEEDS, temperatures=TEMPERATURES,
-                profile: str = CIFAR_PROFILE) -> list[Experiment]:
-    """Every run of the poster, in queue order (experiments sharing a teacher next to each other)."""
-    out = []
-    if "mnist" in parts:
-        for seed in seeds:
-            for t in temperatures:
-                out.append(Experiment(f"mnist-T{t:g}-s{seed}", "mnist", "sweep", seed,
-                                      {"temperature": t, "seed": seed}))
-            out.append(Experiment(f"mnist-omit{OMITTED_DIGIT}-s{seed}", "mnist", "omit", seed,
-                                  {"omit_classes": [OMITTED_DIGIT], "seed": seed}))
-    if "cifar" in parts:
-        base = yaml.safe_load((root / "params.yaml").read_text())
-        cifar = profile_overrides(base, yaml.safe_load((root / profile).read_text()))
-        for kind, teacher, student in CIFAR_PAIRS:
-            for seed in seeds:
-                out.append(Experiment(f"cifar-{kind}-s{seed}", "cifar", kind, seed, {
-                    **cifar, "teacher.arch": teacher, "student.arch": student, "seed": seed}))
-    return out
-
-
-def expected_params(root: Path, exp: Experiment) -> dict:
-    params = flatten(yaml.safe_load((root / "params.yaml").read_text()))
-    params.update(exp.overrides)
-    return params
-
-
-# ---- what DVC already holds -------------------------------------------------------------
-
-def _tool(name: str, root: Path, args, check: bool) -> subprocess.CompletedProcess:
-    # Output goes to files, not pipes: `dvc queue start` detaches a worker that
-    # inherits them, and with pipes we would wait for the worker's end (seen here).
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        code = subprocess.run([name, *args], cwd=root, stdout=out, stderr=err, text=True).returncode
-        out.seek(0), err.seek(0)
-        done = subprocess.CompletedProcess(args, code, out.read(), err.read())
-    if check and code != 0:
-        raise PosterError(f"{name} {' '.join(args)} failed:\n{done.stdout}{done.stderr}".rstrip())
-    return done
-
-
-def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return _tool("git", root, args, check)
-
-
-def pipeline_code(root: Path) -> list[str]:
-    """Git-tracked files the stages depend on (per dvc.yaml), plus dvc.yaml itself."""
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    deps = {d for s in stages.values() for d in s.get("deps", [])}
-    tracked = set(git(root, "ls-files", "--", *sorted(deps)).stdout.split())
-    return sorted({d for d in deps if d in tracked or any(t.startswith(d.rstrip("/") + "/") for t in tracked)}
-                  | {"dvc.yaml"})
-
-
-def exp_refs(root: Path) -> dict[str, list[str]]:
-    """Experiment name -> its git refs (one per baseline commit it was run on)."""
-    refs: dict[str, list[str]] = {}
-    for line in git(root, "for-each-ref", "--format=%(refname)", "refs/exps").stdout.split():
-        parts = line.split("/")
-        if len(parts) == 5:  # refs/exps/ab/<rest of baseline sha>/<name>
-            refs.setdefault(parts[4], []).append(line)
-    return refs
-
-
-def read_at(root: Path, ref: str, path: str):
-    out = git(root, "show", f"{ref}:{path}", check=False)
-    if out.returncode != 0:
-        return None
-    return yaml.safe_load(out.stdout) if path.endswith(".yaml") else json.loads(out.stdout)
-
-
-def current(root: Path, ref: str, exp: Experiment, code: list[str]) -> bool:
-    """Did experiment `ref` run with exactly the params and pipeline code we would queue now?"""
-    params = read_at(root, ref, "params.yaml")
-    if params is None or flatten(params) != expected_params(root, exp):
-        return False
-    return git(root, "diff", "--quiet", ref, "--", *code, check=False).returncode == 0
-
-
-def find_current(root: Path, exps: list[Experiment]) -> dict[str, str]:
-    """Experiment name -> the git ref of an up-to-date run of it, for those that have one."""
-    refs, code = exp_refs(root), pipeline_code(root)
-    found = {}
-    for exp in exps:
-        for ref in refs.get(exp.name, []):
-            if current(root, ref, exp, code):
-                found[exp.name] = ref
-                break
-    return found
-
-
-METRIC_FILES = ("evaluate.json", "teacher.json", "baseline.json", "student.json")
-
-
-def results(root: Path, ref: str) -> dict:
-    """The metrics an experiment committed, by file stem (missing files are left out)."""
-    out = {}
-    for name in METRIC_FILES + tuple(f"timing/{s}.json" for s in
-                                     ("train_teacher", "train_baseline", "train_student", "generate_soft_labels")):
-        data = read_at(root, ref, f"metrics/{name}")
-        if data is not None:
-            out[name.removesuffix(".json")] = data
-    return out
-
-
-# ---- running ---------------------------------------------------------------------------
-
-def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return _tool("dvc", root, args, check)
-
-
-def queue_state(root: Path) -> tuple[dict[str, int], int]:
-    """Tasks per state from `dvc queue status` (Queued, Running, Success, Failed), and
-    how many workers are active."""
-    counts: dict[str, int] = {}
-    workers = 0
-    for line in dvc(root, "queue", "status").stdout.splitlines()[1:]:
-        if m := re.match(r"Worker status: (\d+) active", line.strip()):
-            workers = int(m[1])
-            continue
-        for state in ("Queued", "Running", "Success", "Failed"):
-            if f" {state} " in f" {line} ":
-                counts[state] = counts.get(state, 0) + 1
-    return counts, workers
-
-
-# A worker can die and leave its tasks queued (seen once in a 2.5 h run): start a new
-# one after this many polls with work left and no active worker, at most this often.
-IDLE_POLLS, RESTARTS = 4, 3
-
-
-def run(root: Path, exps: list[Experiment], *, log=print, poll: float = 15.0) -> float:
-    """Queue `exps`, run them with one worker, wait; returns the wall time in seconds."""
-    if not exps:
-        return 0.0
-    busy, _ = queue_state(root)
-    if busy.get("Queued") or busy.get("Running"):
-        raise PosterError("the DVC queue already holds queued or running experiments (`dvc queue status`); "
-                          "let them finish, or `dvc queue kill <name>` a dead running one and "
-                          "`dvc queue remove --queued --failed`")
-    existing = exp_refs(root)
-    head = git(root, "rev-parse", "HEAD").stdout.strip()
-    for exp in exps:
-        # A stale run of the same name on this commit would block the name; it is ours to replace.
-        if any(head[:2] + "/" + head[2:] in ref for ref in existing.get(exp.name, [])):
-            dvc(root, "exp", "remove", exp.name)
-        dvc(root, "exp", "run", "--queue", "-n", exp.name, *exp.set_args())
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(prog="python -m kd_runs.poster", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    ap.add_argument("--temperatures", nargs="+", type=float, default=list(TEMPERATURES))
+    ap.add_argument("--profile", default=CIFAR_PROFILE, help="params file of the CIFAR-10 part")
+    ap.add_argument("--out", default="reports/poster.md")
+    ap.add_argument("--report-only", action="store_true",
+                    help="queue nothing: report the experiments that are already up to date")
+    ap.add_argument("--note", action="append", default=[], help="a line for the report's header")
+    args = ap.parse_args(argv)
+    if len(set(args.seeds)) < 2:
+        print("poster: warning: with one seed there is no std and no noise test", file=sys.stderr)
+    root = Path.cwd()
+    if not (root / "dvc.yaml").is_file():
+        print("poster: run from the project root (where dvc.yaml is)", file=sys.stderr)
+        return 2
+    temps = [int(t) if float(t).is_integer() else t for t in args.temperatures]
     started = time.perf_counter()
-    dvc(root, "queue", "start", "-j", "1")
-    done, idle, restarts = -1, 0, 0
-    while True:
-        counts, workers = queue_state(root)
-        # `dvc queue status` keeps finished tasks of earlier runs: count only this run's.
-        ok, failed = (counts.get(k, 0) - busy.get(k, 0) for k in ("Success", "Failed"))
-        if ok + failed != done:
-            done = ok + failed
-            log(f"  {time.perf_counter() - started:7.0f}s  queued {counts.get('Queued', 0)}, "
-                f"running {counts.get('Running', 0)}, done {ok}, failed {failed}", flush=True)
-        if not counts.get("Queued") and not counts.get("Running"):
-            return time.perf_counter() - started
-        idle = 0 if workers else idle + 1
-        if idle >= IDLE_POLLS:
-            if counts.get("Running"):
-                raise PosterError("a task is marked running but no queue worker is alive: see `dvc queue "
-                                  "status`, `dvc queue kill <name>`, then rerun (finished experiments are kept)")
-            if restarts == RESTARTS:
-                raise PosterError(f"the queue worker stopped {restarts + 1} times with experiments left; "
-                                  "see `dvc queue logs <name>`")
-            restarts, idle = restarts + 1, 0
-            log(f"  {time.perf_counter() - started:7.0f}s  no active queue worker with "
-                f"{counts['Queued']} queued: starting one again", flush=True)
-            dvc(root, "queue", "start", "-j", "1")
-        time.sleep(poll)
+    lines = []
+    try:
+        by_part = experiments.plan(root, args.parts, args.seeds, temps, args.profile)
+        shown = dvc_exps.show(root)
+        for part, exps in by_part.items():
+            reused = dvc_exps.current(root, exps, shown)
+            todo = [e for e in exps if e.name not in reused]
+            print(f"poster: {part}: {len(exps)} experiments, {len(reused)} up to date, {len(todo)} to run", flush=True)
+            if args.report_only:
+                lines.append(f"- {part}: {len(reused)} of {len(exps)} experiments finished (report only)")
+                continue
+            part_started = time.perf_counter()
+            dvc_exps.run(root, todo, shown)
+            seconds = time.perf_counter() - part_started
+            if todo:
+                shown = dvc_exps.show(root)
+            ran = dvc_exps.current(root, todo, shown)
+            lines.append(f"- {part}: {len(exps)} experiments, {len(ran)} run now and {len(reused)} reused; "
+                         f"wall time {_hm(seconds)} (budget {BUDGET_MIN[part]} min)")
+            print(f"poster: {part}: {len(ran)}/{len(todo)} ran in {_hm(seconds)}", flush=True)
+        everything = [e for exps in by_part.values() for e in exps]
+        found = dvc_exps.current(root, everything, shown)
+        commit = dvc_exps.git(root, "rev-parse", "--short", "HEAD").stdout.strip()
+        # The report's own files do not make the code dirty: a rerun rewrites them.
+        report_files = [f":(exclude){Path(args.out).with_suffix('')}", f":(exclude){args.out}"]
+        changed = dvc_exps.git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *report_files).stdout
+    except PosterError as e:
+        print(f"poster: error: {e}", file=sys.stderr)
+        return 2
+    dirty = " (with uncommitted changes)" if changed else ""
+    command = "PYTHONPATH=src " + shlex.join(["python", "-m", "kd_runs.poster", *argv])
+    header = [f"Generated by `{command}` "
+              f"(what `make poster` runs) on {datetime.date.today().isoformat()}, commit {commit}{dirty}, "
+              f"on this machine ({_machine()}). " + ("Report only, no experiment run by this invocation:"
+                                                     if args.report_only else
+                                                     f"Total wall time **{_hm(time.perf_counter() - started)}**:"),
+              "", *lines, *args.note, "",
+              f"Experiments ran on commit {_baselines(found)}. Seeds {args.seeds}: every mean ± std is over the "
+              "student seeds (sample std); one teacher per setting (`teacher.seed: 0`). \"Exceeds seed noise\": "
+              "a paired t-test over seeds of distilled vs true-label student, p < 0.05."]
+    runs = [(e, found[e.name].metrics if e.name in found else None) for e in everything]
+    write_report(root / args.out, runs, header=header, temperatures=temps)
+    print(f"poster: wrote {args.out} ({len(found)}/{len(runs)} experiments)")
+    if len(found) < len(runs):
+        print(f"poster: not run: {', '.join(e.name for e, m in runs if m is None)} "
+              "(see `dvc queue logs <name>`)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _baselines(found: dict[str, dvc_exps.Shown]) -> str:
+    return ", ".join(sorted({run.baseline[:7] for run in found.values()})) or "none"
+
+
+def _hm(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def _machine() -> str:
+    import torch
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Named DVC experiments: which are current, running the rest, their metrics.
+
+What DVC knows comes from `dvc exp show --json` (each experiment's name, state, commit,
+params and metrics files, nested as the files are; `dvc.api.exp_show` flattens them into
+columns whose names depend on which other files exist, and turns `[3]` into a string).
+An experiment is current when its params and pipeline code equal what would be queued
+now; only current experiments are reused, so a second run with nothing changed queues
+nothing.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from kd_runs.experiments import Experiment, PosterError
+from kd_runs.run_info import flatten
+
+BUSY = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class Shown:
+    """One experiment as `dvc exp show` lists it."""
+    name: str
+    state: str                     # success | failed | queued | running
+    baseline: str                  # the commit it was queued from
+    rev: str                       # its own commit (for a failed one: what was queued)
+    params: dict                   # params.yaml, flattened
+    metrics: dict[str, dict]       # metrics file path -> its content, for those it wrote
+
+
+def _tool(name: str, root: Path, args, check: bool) -> subprocess.CompletedProcess:
+    # Output goes to files, not pipes: a queue worker that dvc detaches inherits them,
+    # and with pipes we would wait for the worker's end.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        code = subprocess.run([name, *args], cwd=root, stdout=out, stderr=err, text=True).returncode
+        out.seek(0), err.seek(0)
+        done = subprocess.CompletedProcess(args, code, out.read(), err.read())
+    if check and code != 0:
+        raise PosterError(f"{name} {' '.join(args)} failed:\n{done.stdout}{done.stderr}".rstrip())
+    return done
+
+
+def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return _tool("git", root, args, check)
+
+
+def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return _tool("dvc", root, args, check)
+
+
+def baselines(root: Path) -> list[str]:
+    """HEAD and every commit an experiment was queued from: refs/exps/ab/<rest of sha>/<name>.
+    (`dvc exp show --all-commits` would read params and metrics of every commit.)"""
+    refs = git(root, "for-each-ref", "--format=%(refname)", "refs/exps").stdout.split()
+    shas = {"".join(ref.split("/")[2:4]) for ref in refs if len(ref.split("/")) == 5}
+    return [git(root, "rev-parse", "HEAD").stdout.strip(), *sorted(shas)]
+
+
+def show(root: Path) -> list[Shown]:
+    """Every experiment DVC lists on those baselines: finished, failed, queued or running."""
+    revs = [arg for sha in dict.fromkeys(baselines(root)) for arg in ("--rev", sha)]
+    out = []
+    for baseline in json.loads(dvc(root, "exp", "show", "--json", *revs).stdout):
+        for exp in baseline.get("experiments") or []:
+            if not exp.get("revs"):
+                continue
+            data = exp["revs"][0]
+            state = (exp.get("executor") or {}).get("state", "success")
+            files = data.get("data", {})
+            out.append(Shown(exp.get("name") or data.get("name"), state, baseline["rev"], data["rev"],
+                             flatten(files.get("params", {}).get("params.yaml", {}).get("data", {})),
+                             {path: m["data"] for path, m in files.get("metrics", {}).items() if "data" in m}))
+    return out
+
+
+def pipeline_code(root: Path) -> list[str]:
+    """Git-tracked files the stages depend on (per dvc.yaml), plus dvc.yaml itself."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    deps = {d for s in stages.values() for d in s.get("deps", [])}
+    tracked = set(git(root, "ls-files", "--", *sorted(deps)).stdout.split())
+    return sorted({d for d in deps if d in tracked or any(t.startswith(d.rstrip("/") + "/") for t in tracked)}
+                  | {"dvc.yaml"})
+
+
+def current(root: Path, exps: list[Experiment], shown: list[Shown]) -> dict[str, Shown]:
+    """Experiment name -> a finished run of it (from `show`) with the params and pipeline
+    code we would queue now, for those that have one."""
+    code, found = pipeline_code(root), {}
+    for exp in exps:
+        want = exp.params(root)
+        for run in shown:
+            if (run.name == exp.name and run.state == "success" and run.params == want
+                    and git(root, "diff", "--quiet", run.rev, "--", *code, check=False).returncode == 0):
+                found[exp.name] = run
+                break
+    return found
+
+
+def run(root: Path, exps: list[Experiment], shown: list[Shown]) -> None:
+    """Queue `exps` and run them with `dvc exp run --run-all` (blocks; one worker, so
+    experiments run one at a time and the first to need a teacher trains it for the others:
+    two workers would race to train it). A failed experiment is simply not current afterwards.
+    `shown`: what `show` says now."""
+    if not exps:
+        return
+    busy = sorted({s.name for s in shown if s.state in BUSY})
+    if busy:
+        raise PosterError(f"DVC already has queued or running experiments ({', '.join(busy)}): "
+                          "let them finish (`dvc exp run --run-all`), or `dvc queue kill <name>` a dead "
+                          "running one and `dvc queue remove --queued`")
+    head = baselines(root)[0]
+    names = {e.name for e in exps}
+    # A stale or failed run of the same name on this commit would block the name; it is ours to replace.
+    stale = sorted({s.name for s in shown if s.baseline == head and s.name in names})
+    if stale:
+        dvc(root, "exp", "remove", *stale)
+    for exp in exps:
+        dvc(root, "exp", "run", "--queue", "-n", exp.name, *exp.set_args())
+    # DVC's own log of every experiment, streamed to ours; it exits 0 even when one failed.
+    subprocess.run(["dvc", "exp", "run", "--run-all", "--jobs", "1"], cwd=root)
+
