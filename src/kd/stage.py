@@ -91,7 +91,7 @@ def remove_leftovers(name: str) -> None:
     """Temp files of killed processes in .resume/ and beside the stage's outputs."""
     outs = stage_outputs(dvc_stage(name))
     dirs = {project_root() / ".resume", *(p.parent for p in outs), *(p for p in outs if p.is_dir())}
-    for d in sorted(dirs):
+    for d in sorted(d for d in dirs if d.is_dir()):
         for tmp in remove_stale_tmp(d):
             print(f"[{name}] removed {tmp}, left by a killed run", flush=True)
 
