@@ -157,17 +157,19 @@ def mlflow_runs(proj):
 
 
 def test_unwritable_output_fails_clearly_marks_runs_failed_and_keeps_the_resume_state(proj):
-    shutil.rmtree(proj / "metrics/curves")
-    (proj / "metrics/curves").write_text("a file where a directory should be")
+    # The last file the stage writes, after its model, curves, metrics and MLflow records.
+    # (Tests run as root here, so a directory made read-only would not stop a write.)
+    shutil.rmtree(proj / "metrics/timing")
+    (proj / "metrics/timing").write_text("a file where a directory should be")
     failed = run_stage(proj, "train_teacher", KD_TRACKING="1")
     assert failed.returncode == 2, failed.stderr
     errors = [line for line in failed.stderr.splitlines() if "error" in line.lower()]
-    assert errors == ["[train_teacher] error: metrics/curves/teacher.csv: cannot write it (File exists)"], \
+    assert errors == ["[train_teacher] error: metrics/timing/train_teacher.json: cannot write it (File exists)"], \
         failed.stderr
     assert {r.info.run_name: r.info.status for r in mlflow_runs(proj)} == {"train_teacher": "FAILED",
                                                                           "no-commit": "FAILED"}
     assert len(resume_states(proj)) == 1
-    (proj / "metrics/curves").unlink()
+    (proj / "metrics/timing").unlink()
     rerun = run_stage(proj, "train_teacher")
     assert rerun.returncode == 0 and "resuming after epoch 2" in rerun.stdout
     assert resume_states(proj) == []
