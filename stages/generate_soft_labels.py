@@ -6,6 +6,7 @@ precompute, the file only records the mode.
 """
 from kd.checkpoint import load_model
 from kd.device import describe, resolve_precision
+from kd.declared import declared_params
 from kd.paths import SOFT_LABELS, model_file, split_file
 from kd.soft_labels import ViewCache, save_soft_labels, teacher_view_logits, view_shifts
 from kd.stage import load_split, stage
@@ -24,4 +25,7 @@ with stage("generate_soft_labels") as run:
                                      device=run.device, precision=precision)
         cache = ViewCache(shifts, s.jitter, s.flip, logits)
         print(f"{logits.shape[0]} views x {logits.shape[1]} images of teacher logits -> {SOFT_LABELS}")
-    save_soft_labels(SOFT_LABELS, cache, teacher=model_file("teacher"), data=split_file("train"), mode=mode)
+    # With every param the views depend on (those dvc.yaml lists), so train_student run
+    # on other ones refuses the file rather than train on mismatched views.
+    save_soft_labels(SOFT_LABELS, cache, teacher=model_file("teacher"), data=split_file("train"), mode=mode,
+                     made_with=declared_params("generate_soft_labels", p))

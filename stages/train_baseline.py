@@ -9,4 +9,4 @@ from kd.stage import keep_classes, load_split, stage, train_model
 with stage("train_baseline", ddp=True) as run:
     p = run.params
     x, y, _ = keep_classes(*load_split("train"), p.omit_classes)
-    train_model(run, "baseline", p.student, x, y, LOSSES["ce"], seed=p.seed, config={"omit": p.omit_classes})
+    train_model(run, "baseline", p.student, x, y, LOSSES["ce"], seed=p.seed)

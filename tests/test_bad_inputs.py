@@ -79,6 +79,29 @@ def damaged_mirror(damage, name="train-labels-idx1-ubyte.gz"):
     return edit
 
 
+def then(*edits):
+    def edit(proj):
+        for e in edits:
+            e(proj)
+    return edit
+
+
+def regenerate_soft_labels(*edits):
+    """Soft labels made on other params (as `dvc repro` would have made them)."""
+    def edit(proj):
+        then(*edits)(proj)
+        subprocess.run([sys.executable, "stages/generate_soft_labels.py"], cwd=proj, check=True, capture_output=True)
+    return edit
+
+
+def other_teacher_precision(proj):
+    teacher = yaml.safe_load((proj / "params.yaml").read_text())["teacher"]
+    if "precision" in teacher:
+        param("teacher.precision", "fp32" if teacher["precision"] != "fp32" else "bf16")(proj)
+    else:
+        param("teacher.amp", not teacher["amp"])(proj)
+
+
 CASES = [
     # (id, stage, edit, message)
     ("temperature-zero", "check_params", param("temperature", 0), "temperature: Input should be greater than 0"),
@@ -104,6 +127,13 @@ CASES = [
     ("mirror-file-altered", "prepare", damaged_mirror("flip", "t10k-images-idx3-ubyte.gz"), "t10k-images-idx3-ubyte.gz: md5 mismatch"),
     ("soft-labels-from-other-teacher", "train_student", replace_with("models/teacher.pt", "models/baseline.pt"),
      "soft_labels.pt was made from a different models/teacher.pt"),
+    ("soft-labels-other-seed-and-views", "train_student",
+     then(regenerate_soft_labels(param("student.jitter", 1), param("soft_labels.views", 2)),
+          param("seed", 1), param("soft_labels.views", 3)),
+     r"soft_labels.pt was made with other params: seed=0 \(now 1\), soft_labels.views=2 \(now 3\); "
+     "rerun `dvc repro generate_soft_labels`"),
+    ("soft-labels-other-teacher-precision", "train_student", other_teacher_precision,
+     r"soft_labels.pt was made with other params: teacher\.(amp|precision)="),
     ("soft-labels-missing", "train_student", remove("data/soft_labels.pt"), "data/soft_labels.pt: missing; run `dvc repro`"),
     ("checkpoint-truncated", "evaluate", truncate("models/student.pt"), "models/student.pt: unreadable"),
     ("prepared-split-truncated", "train_teacher", truncate("data/prepared/train.pt"), "data/prepared/train.pt: unreadable"),

@@ -18,26 +18,28 @@ from kd.train import TensorBatches
 CPU = torch.device("cpu")
 
 
-def batches(toy, rank=0, world=1, n=None, **kw):
-    x, y = toy
-    return TensorBatches(x[:n], y[:n], 32, seed=3, shift=2, flip=True, rank=rank, world=world, **kw)
+def batches(toy, rank=0, world=1, n=None, y=None):
+    x, labels = toy
+    y = labels[:n] if y is None else y
+    return TensorBatches(x[:n], y, 32, seed=3, shift=2, flip=True, rank=rank, world=world)
 
 
 @pytest.mark.parametrize("n", [300, 299])  # 299: the order is padded to split evenly
 def test_ranks_split_each_batch_without_overlap_into_the_single_process_batch(toy_images, n):
     ids = torch.arange(n)
-    single = list(batches(toy_images, n=n, extras={"id": ids}).epoch(1, CPU))
-    shards = [list(batches(toy_images, r, 2, n=n, extras={"id": ids}).epoch(1, CPU)) for r in (0, 1)]
+    # Image ids as labels, to see which images each batch holds.
+    single = list(batches(toy_images, n=n, y=ids).epoch(1, CPU))
+    shards = [list(batches(toy_images, r, 2, n=n, y=ids).epoch(1, CPU)) for r in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == len(single) == len(batches(toy_images, 0, 2, n=n))
     for (x, b), (x0, b0), (x1, b1) in zip(single, *shards):
-        assert len(b0["id"]) == len(b1["id"])  # DDP averages equally sized shards
-        assert not set(b0["id"].tolist()) & set(b1["id"].tolist())
-        if len(b0["id"]) + len(b1["id"]) == len(b["id"]):  # every batch but a padded last one
-            merged = torch.stack([b0["id"], b1["id"]], 1).flatten()
-            assert torch.equal(merged, b["id"])
+        assert len(b0["y"]) == len(b1["y"])  # DDP averages equally sized shards
+        assert not set(b0["y"].tolist()) & set(b1["y"].tolist())
+        if len(b0["y"]) + len(b1["y"]) == len(b["y"]):  # every batch but a padded last one
+            merged = torch.stack([b0["y"], b1["y"]], 1).flatten()
+            assert torch.equal(merged, b["y"])
             # the same shifts and flips as in the single-process batch, image for image
             assert torch.equal(torch.stack([x0, x1], 1).flatten(0, 1), x)
-    seen = torch.cat([b["id"] for s in shards for _, b in s])
+    seen = torch.cat([b["y"] for s in shards for _, b in s])
     assert set(seen.tolist()) == set(range(n)) and len(seen) == n + n % 2
 
 

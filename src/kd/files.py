@@ -15,22 +15,58 @@ from typing import Any
 import torch
 
 
+class OutputFileError(RuntimeError):
+    """An output could not be written: no permission, disk full, file size limit, ..."""
+
+
 def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The pid in the name tells remove_stale_tmp whose temp file it is.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    except OSError as e:
+        raise OutputFileError(f"{path}: cannot write it ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except OSError as e:
+        raise OutputFileError(f"{path}: cannot write it ({e.strerror or e})") from None
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_torch(obj: Any, path: str | Path) -> None:
-    _atomic(Path(path), lambda f: torch.save(obj, f))
+    # Serialised in memory first: torch.save turns a failed write (disk full,
+    # file size limit) into a RuntimeError that no longer says why.
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _atomic(Path(path), lambda f: f.write(buf.getbuffer()))
+
+
+def remove_stale_tmp(directory: str | Path) -> list[Path]:
+    """Remove the temp files and dirs that a killed process left in `directory`
+    (those of `_atomic` and `staged_dir`, whose process is gone); returns them."""
+    removed = []
+    for tmp in Path(directory).glob(".*.tmp"):
+        pid = tmp.name.split(".")[-3]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's
+        pass
+    return True
 
 
 class InputFileError(RuntimeError):
@@ -74,7 +110,7 @@ def staged_dir(path: str | Path):
     """Yield an empty temp dir beside `path`; it replaces `path` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
     try:
         yield tmp
         shutil.rmtree(path, ignore_errors=True)

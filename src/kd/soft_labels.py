@@ -91,9 +91,12 @@ def live_teacher(teacher: nn.Module, device: torch.device, precision: str):
     return logits
 
 
-def save_soft_labels(path: Path, cache: ViewCache | None, *, teacher: Path, data: Path, mode: str) -> None:
-    """cache=None in live mode: the file then only records that choice."""
-    blob = {"mode": mode, "teacher_md5": file_md5(teacher), "data_md5": file_md5(data)}
+def save_soft_labels(path: Path, cache: ViewCache | None, *, teacher: Path, data: Path, mode: str,
+                     made_with: dict | None = None) -> None:
+    """cache=None in live mode: the file then only records that choice. `made_with`:
+    the params the views depend on (flat keys, e.g. {"seed": 0}), checked on load."""
+    blob = {"mode": mode, "teacher_md5": file_md5(teacher), "data_md5": file_md5(data),
+            "params": dict(made_with or {})}
     if cache is not None:
         sh = cache.shifts
         blob.update(logits=cache.logits, max_shift=cache.max_shift, flip=cache.flip,
@@ -103,8 +106,9 @@ def save_soft_labels(path: Path, cache: ViewCache | None, *, teacher: Path, data
 
 
 def load_soft_labels(path: Path, *, teacher: Path, data: Path, n: int, max_shift: int = 0,
-                     flip: bool = False, mode: str = "cached") -> ViewCache | None:
-    """The view cache; in live mode only checks the file belongs to this teacher and returns None."""
+                     flip: bool = False, mode: str = "cached", params: dict | None = None) -> ViewCache | None:
+    """The view cache; in live mode only checks the file belongs to this teacher and returns None.
+    `params`: the current params, flat; each one the file was made with must be the same."""
     blob = load_torch(path)
     for key, src in (("teacher_md5", teacher), ("data_md5", data)):
         if blob[key] != file_md5(src):
@@ -112,6 +116,15 @@ def load_soft_labels(path: Path, *, teacher: Path, data: Path, n: int, max_shift
                 f"{path} was made from a different {src} ({key} {blob[key]} != {file_md5(src)}); "
                 "rerun `dvc repro generate_soft_labels`"
             )
+    if params is not None:
+        if "params" not in blob:
+            raise StaleSoftLabelsError(f"{path} does not record the params it was made with; "
+                                       "rerun `dvc repro generate_soft_labels`")
+        changed = [f"{k}={v!r} (now {params.get(k, '(none)')!r})" for k, v in sorted(blob["params"].items())
+                   if params.get(k, "(none)") != v]
+        if changed:
+            raise StaleSoftLabelsError(f"{path} was made with other params: {', '.join(changed)}; "
+                                       "rerun `dvc repro generate_soft_labels`")
     if blob["mode"] != mode:
         raise StaleSoftLabelsError(f"{path} was made for soft_labels.mode={blob['mode']}, not {mode}; "
                                    "rerun `dvc repro generate_soft_labels`")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -43,7 +43,6 @@ class TensorBatches:
     seed: int
     shift: int = 0
     flip: bool = False
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-sample targets
     rank: int = 0
     world: int = 1
     # Cached teacher views: each sample is shown as one of its K stored views
@@ -77,7 +76,7 @@ class TensorBatches:
                         else torch.zeros(len(idx), dtype=torch.long))
             mine = slice(self.rank, None, self.world)
             idx = idx[mine]
-            batch = {"y": self.y[idx].to(device), **{k: v[idx].to(device) for k, v in self.extras.items()}}
+            batch = {"y": self.y[idx].to(device)}
             if self.views is None:
                 x = apply_shifts(self.x[idx], shifts[mine] if shifts else None)
             else:

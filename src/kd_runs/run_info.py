@@ -10,39 +10,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from kd.params import PARAMS_FILE, Params
+from kd.declared import dvc_stage, flatten, select, stage_param_keys  # noqa: F401 (re-exported)
+from kd.params import Params
 
-DVC_YAML = Path("dvc.yaml")
 METRICS_DIR = Path("metrics")
-
-
-# --- what dvc.yaml says about a stage ----------------------------------------
-
-def dvc_stage(name: str, dvc_yaml: Path = DVC_YAML) -> dict:
-    """The stage's entry in dvc.yaml, or {} when it has none (a script run by hand)."""
-    try:
-        stages = yaml.safe_load(dvc_yaml.read_text()).get("stages", {})
-    except (OSError, AttributeError, yaml.YAMLError):
-        return {}
-    return stages.get(name) or {}
-
-
-def stage_param_keys(spec: dict) -> list[str] | None:
-    """The params.yaml keys a stage depends on; None means the whole file."""
-    keys: list[str] = []
-    for entry in spec.get("params", []):
-        if isinstance(entry, str):
-            keys.append(entry)
-        elif isinstance(entry, dict):
-            for file, sub in entry.items():
-                if Path(file).name != PARAMS_FILE:
-                    continue
-                if sub is None:
-                    return None
-                keys.extend(sub)
-    return keys
 
 
 def stage_metrics_files(spec: dict) -> list[Path]:
@@ -52,26 +24,13 @@ def stage_metrics_files(spec: dict) -> list[Path]:
     return [Path(f) for f in files]
 
 
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """{"teacher": {"lr": 0.1}} -> {"teacher.lr": 0.1}; lists stay leaves."""
-    if not isinstance(obj, dict):
-        return {prefix: obj}
-    out: dict[str, Any] = {}
-    for k, v in obj.items():
-        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def param_text(value: Any) -> str:
     # YAML-like spelling, so `null`, `true` and `[3]` read as in params.yaml.
     return value if isinstance(value, str) else json.dumps(value)
 
 
 def stage_params(params: Params, keys: list[str] | None) -> dict[str, str]:
-    flat = flatten(params.model_dump())
-    if keys is not None:
-        flat = {k: v for k, v in flat.items() if any(k == s or k.startswith(s + ".") for s in keys)}
-    return {k: param_text(v) for k, v in flat.items()}
+    return {k: param_text(v) for k, v in select(params, keys).items()}
 
 
 def numeric_leaves(obj: Any) -> dict[str, float]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,30 @@ def experiment_name(params: Params) -> str:
 
 def tracking_enabled() -> bool:
     return os.environ.get("KD_TRACKING", "1").lower() not in ("0", "false", "off", "no")
+
+
+# On each stage run, to tell a run whose process was killed from one still going.
+HOST_TAG = "kd.host"
+PROCESS_TAG = "kd.process"
+
+
+def this_process() -> str:
+    import psutil  # a dependency of dvc
+
+    me = psutil.Process()
+    return f"{me.pid}@{me.create_time()}"
+
+
+def process_alive(process: str) -> bool:
+    """Whether "pid@start_time" (this_process() of some process) still runs; the
+    start time tells a reused pid apart."""
+    import psutil
+
+    pid, _, started = process.partition("@")
+    try:
+        return abs(psutil.Process(int(pid)).create_time() - float(started)) < 0.01
+    except (psutil.Error, ValueError):
+        return False
 
 
 # --- the tracker ---------------------------------------------------------------
@@ -120,6 +145,7 @@ class Tracker:
         # mlflow.pytorch.log_model reads these globals.
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_experiment(experiment_id=exp_id)
+        self._end_orphans(client, exp_id)
         tags = run_tags(params)
         group = tags.pop("run_group")  # on the parent only: children are found through it
         found = client.search_runs([exp_id], f"tags.run_group = '{group}'", max_results=1)
@@ -133,11 +159,32 @@ class Tracker:
         spec = dvc_stage(self.stage)
         child = client.create_run(exp_id, run_name=self.stage,
                                   tags={**tags, "stage": self.stage, MLFLOW_PARENT_RUN_ID: parent_id,
-                                        "mlflow.source.name": sys.argv[0], "mlflow.source.type": "LOCAL"})
+                                        "mlflow.source.name": sys.argv[0], "mlflow.source.type": "LOCAL",
+                                        HOST_TAG: socket.gethostname(), PROCESS_TAG: this_process()})
         self._client, self.parent_id, self.run_id = client, parent_id, child.info.run_id
         keys = stage_param_keys(spec) if spec else []
         if keys is None or keys:
             client.log_batch(self.run_id, params=[Param(k, v) for k, v in stage_params(params, keys).items()])
+
+    def _end_orphans(self, client, exp_id: str) -> None:
+        """Mark KILLED the runs of this stage left RUNNING by a process of this
+        host that is gone (killed: it could not end them), and their parent once
+        none of its children runs any more."""
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        running = "attributes.status = 'RUNNING'"
+        host = socket.gethostname()
+        for run in client.search_runs([exp_id], f"tags.stage = '{self.stage}' and {running}"):
+            tags = run.data.tags
+            if tags.get(HOST_TAG) != host or PROCESS_TAG not in tags or process_alive(tags[PROCESS_TAG]):
+                continue  # another machine's, from before these tags, or still running
+            client.set_terminated(run.info.run_id, "KILLED")
+            print(f"[{self.stage}] marked MLflow run {run.info.run_id} KILLED: its process "
+                  f"{tags[PROCESS_TAG]} is gone", file=sys.stderr, flush=True)
+            parent = tags.get(MLFLOW_PARENT_RUN_ID)
+            if parent and client.get_run(parent).info.status == "RUNNING" and not client.search_runs(
+                    [exp_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' and {running}", max_results=1):
+                client.set_terminated(parent, "KILLED")
 
     def _experiment(self, client, name: str) -> str:
         exp = client.get_experiment_by_name(name)

@@ -1,0 +1,217 @@
+"""No silent wrong results (issue #17): params edited while a stage runs, resume
+after a code change, failures after training, and what killed runs leave behind.
+Each runs real stage scripts (or `dvc repro`) on a copy of the built tiny project."""
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import sh, stages_run
+from kd.declared import stage_fingerprint
+from kd.params import load_params
+
+
+def copy_project(built_project, dst, *, dvc=False):
+    src, _ = built_project
+    skip = ["__pycache__", "mlflow.db", "mlartifacts", ".resume"] + ([] if dvc else [".git", "cache", "raw"])
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*skip))
+    return dst
+
+
+@pytest.fixture
+def proj(built_project, tmp_path):
+    return copy_project(built_project, tmp_path / "proj")
+
+
+def set_param(proj, key, value):
+    path = proj / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    *parents, leaf = key.split(".")
+    node = params
+    for k in parents:
+        node = node[k]
+    node[leaf] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def env(**extra):
+    base = {k: v for k, v in os.environ.items() if k not in ("DVC_ROOT", "MLFLOW_TRACKING_URI")}
+    return {**base, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # `python` of dvc.yaml
+            "DVC_NO_ANALYTICS": "1", "KD_TRACKING": "0", "OMP_NUM_THREADS": "1", **extra}
+
+
+def run_stage(proj, name, **extra):
+    return subprocess.run([sys.executable, f"stages/{name}.py"], cwd=proj, env=env(**extra),
+                          capture_output=True, text=True, timeout=300)
+
+
+def resume_states(proj, stage="train_teacher"):
+    return sorted((proj / ".resume").glob(f"{stage}-*.pt"))
+
+
+def hold_and_edit(cmd, proj, hold, edit, **extra):
+    """Run cmd with the stage held after epoch 1 (KD_HOLD_AFTER_EPOCH), edit the
+    project meanwhile, let it finish; returns (returncode, output)."""
+    p = subprocess.Popen(cmd, cwd=proj, env=env(KD_HOLD_AFTER_EPOCH=f"1:{hold}", **extra),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not hold.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert hold.exists(), "the stage never reached the end of epoch 1"
+        edit()
+        hold.unlink()
+        out, _ = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.returncode, out
+
+
+# --- 1. params.yaml edited while a stage runs ------------------------------------
+
+def test_params_edited_during_dvc_repro_fail_the_stage_and_dvc_records_nothing(built_project, tmp_path):
+    proj = copy_project(built_project, tmp_path / "proj", dvc=True)
+    dvc = [sys.executable, "-m", "dvc"]
+    locked = lambda: yaml.safe_load((proj / "dvc.lock").read_text())["stages"]["train_teacher"]["params"][
+        "params.yaml"]["teacher"]["epochs"]
+    before = locked()
+    set_param(proj, "teacher.epochs", 3)
+    rc, out = hold_and_edit([*dvc, "repro", "-s", "train_teacher"], proj, tmp_path / "hold",
+                            lambda: set_param(proj, "teacher.epochs", 4))
+    assert rc != 0, out
+    assert "[train_teacher] error: params.yaml changed while the stage ran (teacher.epochs: 3 -> 4)" in out
+    assert locked() == before  # not the 3-epoch result filed under epochs: 4
+    assert "train_teacher" in sh([*dvc, "status", "train_teacher"], proj).stdout
+    rerun = sh([*dvc, "repro", "-s", "train_teacher"], proj, env={"KD_TRACKING": "0"})
+    assert stages_run(rerun) == {"train_teacher"} and "cached" not in rerun.stdout
+    assert json.loads((proj / "metrics/teacher.json").read_text())["epochs"] == 4 == locked()
+
+
+def test_params_file_made_unreadable_during_a_run_is_a_clear_error(proj, tmp_path):
+    set_param(proj, "teacher.epochs", 2)
+    rc, out = hold_and_edit([sys.executable, "stages/train_teacher.py"], proj, tmp_path / "hold",
+                            lambda: (proj / "params.yaml").write_bytes(b"teacher:\xff\xfe\n"))
+    assert rc == 2, out
+    assert "[train_teacher] error: params.yaml changed while the stage ran and cannot be read now" in out
+    assert "Traceback" not in out
+    assert len(resume_states(proj)) == 1  # kept: the same params rerun from it
+
+
+# --- 2. the resume key covers the stage's code -------------------------------------
+
+def test_resume_state_is_not_used_after_a_code_change(proj, tmp_path):
+    set_param(proj, "teacher.epochs", 3)
+    assert run_stage(proj, "train_teacher", KD_CRASH_AFTER_EPOCH="2").returncode == -9
+    losses = proj / "src/kd/losses.py"
+    losses.write_text(losses.read_text().replace('F.cross_entropy(logits, batch["y"])\n',
+                                                 'F.cross_entropy(logits, batch["y"], label_smoothing=0.1)\n', 1))
+    twin = tmp_path / "twin"
+    shutil.copytree(proj, twin, ignore=shutil.ignore_patterns(".resume"))
+    resumed = run_stage(proj, "train_teacher")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" not in resumed.stdout
+    assert run_stage(twin, "train_teacher").returncode == 0
+    a = torch.load(proj / "models/teacher.pt", weights_only=True)["state_dict"]
+    b = torch.load(twin / "models/teacher.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_resume_key_is_what_dvc_yaml_declares(proj, monkeypatch):
+    monkeypatch.chdir(proj)
+    key = lambda: stage_fingerprint("train_teacher", load_params(), "stages/train_teacher.py")
+    first = key()
+    set_param(proj, "temperature", 3)  # not a param of train_teacher
+    (proj / "src/kd/__pycache__").mkdir(exist_ok=True)
+    (proj / "src/kd/__pycache__/losses.cpython-311.pyc").write_bytes(b"bytecode")
+    assert key() == first
+    set_param(proj, "teacher.lr", 0.01)
+    second = key()
+    assert second != first
+    (proj / "src/kd/augment.py").write_text((proj / "src/kd/augment.py").read_text() + "\n# edited\n")
+    assert key() != second
+    # A stage run by hand without a dvc.yaml entry: all params and its script.
+    (proj / "dvc.yaml").unlink()
+    third = key()
+    set_param(proj, "temperature", 4)
+    assert key() != third
+
+
+# --- 7. a failure after training ---------------------------------------------------
+
+def mlflow_runs(proj):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{proj}/mlflow.db")
+    exp = client.get_experiment_by_name("kd-mnist")
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_unwritable_output_fails_clearly_marks_runs_failed_and_keeps_the_resume_state(proj):
+    # The last file the stage writes, after its model, curves, metrics and MLflow records.
+    # (Tests run as root here, so a directory made read-only would not stop a write.)
+    shutil.rmtree(proj / "metrics/timing")
+    (proj / "metrics/timing").write_text("a file where a directory should be")
+    failed = run_stage(proj, "train_teacher", KD_TRACKING="1")
+    assert failed.returncode == 2, failed.stderr
+    errors = [line for line in failed.stderr.splitlines() if "error" in line.lower()]
+    assert errors == ["[train_teacher] error: metrics/timing/train_teacher.json: cannot write it (File exists)"], \
+        failed.stderr
+    assert {r.info.run_name: r.info.status for r in mlflow_runs(proj)} == {"train_teacher": "FAILED",
+                                                                          "no-commit": "FAILED"}
+    assert len(resume_states(proj)) == 1
+    (proj / "metrics/timing").unlink()
+    rerun = run_stage(proj, "train_teacher")
+    assert rerun.returncode == 0 and "resuming after epoch 2" in rerun.stdout
+    assert resume_states(proj) == []
+
+
+def test_file_size_limit_after_training_fails_clearly_and_the_rerun_resumes(proj):
+    assert run_stage(proj, "train_teacher", KD_CRASH_AFTER_EPOCH="2").returncode == -9  # trained, nothing written
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))  # `ulimit -f 4096`
+    full = subprocess.run([sys.executable, "stages/train_teacher.py"], cwd=proj, env=env(), capture_output=True,
+                          text=True, timeout=300, preexec_fn=limit)
+    assert full.returncode == 2, full.stderr
+    assert "[train_teacher] error: models/teacher.pt: cannot write it (File too large)" in full.stderr
+    assert "Traceback" not in full.stderr
+    assert not list((proj / "models").glob(".*.tmp"))
+    rerun = run_stage(proj, "train_teacher")
+    assert rerun.returncode == 0 and "resuming after epoch 2" in rerun.stdout
+
+
+# --- 8. what killed runs leave behind -------------------------------------------------
+
+def test_stage_start_cleans_up_after_killed_runs(proj):
+    killed = run_stage(proj, "train_teacher", KD_TRACKING="1", KD_CRASH_AFTER_EPOCH="1")
+    assert killed.returncode == -9
+    assert {r.info.status for r in mlflow_runs(proj)} == {"RUNNING"}  # the child and its parent
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [proj / f".resume/.train_teacher-0123.pt.{dead.pid}.abc_1.tmp",
+             proj / f"metrics/.teacher.json.{dead.pid}.xyz.tmp"]
+    live = proj / f"metrics/.teacher.json.{os.getpid()}.xyz.tmp"  # this test process: still running
+    for f in [*stale, live]:
+        f.write_bytes(b"half a file")
+    old = []
+    for i, age_days in enumerate([0.1, 0.2, 0.3, 8]):  # states of other params or code
+        old.append(proj / f".resume/train_teacher-old{i}.pt")
+        old[-1].write_bytes(b"state")
+        mtime = time.time() - age_days * 86400
+        os.utime(old[-1], (mtime, mtime))
+    rerun = run_stage(proj, "train_teacher", KD_TRACKING="1")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming after epoch 1" in rerun.stdout
+    assert not any(f.exists() for f in stale) and live.exists()
+    assert [p.exists() for p in old] == [True, True, False, False]  # the newest 2, and none over 7 days
+    runs = mlflow_runs(proj)
+    assert [r.info.status for r in runs] == ["KILLED", "KILLED", "FINISHED", "FINISHED"]  # old, then new
+    assert "marked MLflow run" in rerun.stderr
