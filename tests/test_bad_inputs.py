@@ -96,10 +96,7 @@ def regenerate_soft_labels(*edits):
 
 def other_teacher_precision(proj):
     teacher = yaml.safe_load((proj / "params.yaml").read_text())["teacher"]
-    if "precision" in teacher:
-        param("teacher.precision", "fp32" if teacher["precision"] != "fp32" else "bf16")(proj)
-    else:
-        param("teacher.amp", not teacher["amp"])(proj)
+    param("teacher.precision", "fp32" if teacher["precision"] != "fp32" else "bf16")(proj)
 
 
 CASES = [
@@ -133,7 +130,7 @@ CASES = [
      r"soft_labels.pt was made with other params: seed=0 \(now 1\), soft_labels.views=2 \(now 3\); "
      "rerun `dvc repro generate_soft_labels`"),
     ("soft-labels-other-teacher-precision", "train_student", other_teacher_precision,
-     r"soft_labels.pt was made with other params: teacher\.(amp|precision)="),
+     r"soft_labels.pt was made with other params: teacher\.precision="),
     ("soft-labels-missing", "train_student", remove("data/soft_labels.pt"), "data/soft_labels.pt: missing; run `dvc repro`"),
     ("checkpoint-truncated", "evaluate", truncate("models/student.pt"), "models/student.pt: unreadable"),
     ("prepared-split-truncated", "train_teacher", truncate("data/prepared/train.pt"), "data/prepared/train.pt: unreadable"),
