@@ -14,7 +14,7 @@ from kd.checkpoint import new_model, save_model
 from kd.datasets import DataError
 from kd.device import pick_device, seed_everything
 from kd.files import InputFileError, file_md5, load_torch, write_csv, write_json
-from kd.params import Params, ParamsError, load_params
+from kd.params import Params, ParamsError, check_training_set, load_params
 from kd.paths import METRICS, model_file, split_file
 from kd.resume import ResumeState, resume_key
 from kd.soft_labels import StaleSoftLabelsError
@@ -90,6 +90,7 @@ def train_model(run: StageRun, role: str, cfg, x, y, loss_fn, *, seed: int, extr
                 views=None, teacher=None) -> None:
     """Train one model of the pipeline and write its checkpoint, curve and metrics."""
     p = run.params
+    check_training_set(p, role, len(y))
     seed_everything(seed)  # the model's init
     model = new_model(cfg.arch, p.data.dataset, dropout=cfg.dropout, input_dropout=cfg.input_dropout)
     if cfg.amp:

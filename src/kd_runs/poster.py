@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from kd.params import parse_yaml  # as DVC parses params files (YAML 1.2), so comparisons agree with it
 from kd_runs.run_info import flatten  # {'teacher': {'lr': 0.1}} -> {'teacher.lr': 0.1}
 
 SEEDS = (0, 1, 2)
@@ -75,8 +76,8 @@ def experiments(root: Path, parts=("mnist", "cifar"), seeds=SEEDS, temperatures=
             out.append(Experiment(f"mnist-omit{OMITTED_DIGIT}-s{seed}", "mnist", "omit", seed,
                                   {"omit_classes": [OMITTED_DIGIT], "seed": seed}))
     if "cifar" in parts:
-        base = yaml.safe_load((root / "params.yaml").read_text())
-        cifar = profile_overrides(base, yaml.safe_load((root / profile).read_text()))
+        base = parse_yaml((root / "params.yaml").read_text(encoding="utf-8"))
+        cifar = profile_overrides(base, parse_yaml((root / profile).read_text(encoding="utf-8")))
         for kind, teacher, student in CIFAR_PAIRS:
             for seed in seeds:
                 out.append(Experiment(f"cifar-{kind}-s{seed}", "cifar", kind, seed, {
@@ -85,7 +86,7 @@ def experiments(root: Path, parts=("mnist", "cifar"), seeds=SEEDS, temperatures=
 
 
 def expected_params(root: Path, exp: Experiment) -> dict:
-    params = flatten(yaml.safe_load((root / "params.yaml").read_text()))
+    params = flatten(parse_yaml((root / "params.yaml").read_text(encoding="utf-8")))
     params.update(exp.overrides)
     return params
 
@@ -110,7 +111,7 @@ def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 
 def pipeline_code(root: Path) -> list[str]:
     """Git-tracked files the stages depend on (per dvc.yaml), plus dvc.yaml itself."""
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    stages = parse_yaml((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     deps = {d for s in stages.values() for d in s.get("deps", [])}
     tracked = set(git(root, "ls-files", "--", *sorted(deps)).stdout.split())
     return sorted({d for d in deps if d in tracked or any(t.startswith(d.rstrip("/") + "/") for t in tracked)}
@@ -131,7 +132,7 @@ def read_at(root: Path, ref: str, path: str):
     out = git(root, "show", f"{ref}:{path}", check=False)
     if out.returncode != 0:
         return None
-    return yaml.safe_load(out.stdout) if path.endswith(".yaml") else json.loads(out.stdout)
+    return parse_yaml(out.stdout) if path.endswith(".yaml") else json.loads(out.stdout)
 
 
 def current(root: Path, ref: str, exp: Experiment, code: list[str]) -> bool:

@@ -10,9 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from kd.params import PARAMS_FILE, Params
+from kd.params import PARAMS_FILE, Params, YAMLSyntaxError, parse_yaml
 
 DVC_YAML = Path("dvc.yaml")
 METRICS_DIR = Path("metrics")
@@ -23,8 +21,8 @@ METRICS_DIR = Path("metrics")
 def dvc_stage(name: str, dvc_yaml: Path = DVC_YAML) -> dict:
     """The stage's entry in dvc.yaml, or {} when it has none (a script run by hand)."""
     try:
-        stages = yaml.safe_load(dvc_yaml.read_text()).get("stages", {})
-    except (OSError, AttributeError, yaml.YAMLError):
+        stages = parse_yaml(dvc_yaml.read_text(encoding="utf-8")).get("stages", {})  # as DVC reads it
+    except (OSError, AttributeError, YAMLSyntaxError):
         return {}
     return stages.get(name) or {}
 
