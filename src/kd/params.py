@@ -55,7 +55,8 @@ def parse_yaml(text: str) -> Any:
         return YAML(typ="safe").load(text)
     except YAMLError as e:
         # ruamel's advice on turning the duplicate-key check off does not apply here.
-        raise YAMLSyntaxError(str(e).split("\n\nTo suppress this check")[0]) from None
+        msg = str(e).split("\n\nTo suppress this check")[0].replace('in "<unicode string>", ', "at ")
+        raise YAMLSyntaxError(msg) from None
 
 
 class _Strict(BaseModel):
