@@ -149,7 +149,7 @@ CASES = [
     ("weight-decay-nan", "train_baseline", param("student.weight_decay", float("nan")), "student.weight_decay: Input should be a finite number"),
     ("seed-too-large", "check_params", param("seed", 2**64), "seed: Input should be less than or equal to 4294967295"),
     ("jitter-out-of-frame", "check_params", param("teacher.jitter", 28), "teacher.jitter: 28 shifts the 28x28 mnist images out of the frame"),
-    # No silent coercions: each of these used to train with a value nobody wrote.
+    # No silent coercions: each of these used to be converted quietly (`true` trained as 1.0).
     ("temperature-bool", "check_params", param("temperature", True), "temperature: Input should be a valid number, got true"),
     ("seed-bool", "train_baseline", param("seed", True), "seed: Input should be a valid integer, got true"),
     ("omit-classes-not-ints", "check_params", param("omit_classes", ["3", 3.0]),
