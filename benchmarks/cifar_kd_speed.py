@@ -34,6 +34,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -44,7 +45,7 @@ from kd.device import autocast, pick_device  # noqa: E402
 from kd.evaluate import predict  # noqa: E402
 from kd.files import InputFileError  # noqa: E402
 from kd.losses import LOSSES  # noqa: E402
-from kd.params import TrainParams, parse_yaml  # noqa: E402
+from kd.params import TrainParams  # noqa: E402
 from kd.soft_labels import ViewCache, live_teacher, teacher_view_logits, view_shifts  # noqa: E402
 from kd.train import TensorBatches, fit, make_optimizer  # noqa: E402
 
@@ -164,7 +165,7 @@ def main():
     print(f"decoded {n + n_test} JPEGs in {time.perf_counter() - t0:.1f}s")
 
     init = new_model(args.student, "cifar10").state_dict()  # after the teacher, as in the measured runs
-    profile = parse_yaml((ROOT / "profiles" / "cifar10-cpu.yaml").read_text(encoding="utf-8"))  # as DVC reads it
+    profile = yaml.safe_load((ROOT / "profiles" / "cifar10-cpu.yaml").read_text())
     loss_fn = partial(LOSSES["kd"], temperature=profile["temperature"], alpha=profile["alpha"])
     base = {**profile["student"], "arch": args.student, "epochs": args.epochs or 1,
             "batch_size": args.batch_size, "amp": False}
