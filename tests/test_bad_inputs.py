@@ -1,6 +1,7 @@
 """Bad params, data, caches and signals: a clear message, exit code 2, and no
 existing output touched. Each case runs a real stage script on a fresh copy of
 a built tiny project."""
+import os
 import re
 import runpy
 import shutil
@@ -73,7 +74,8 @@ def empty_transfer_set(*reruns):
     def edit(proj):
         param("data.max_train", 1)(proj)
         for stage in ("prepare", *reruns):
-            subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=proj, check=True, capture_output=True)
+            subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=proj, check=True, capture_output=True,
+                           env={**os.environ, "PYTHONPATH": str(proj / "src")})  # as dvc.yaml runs it
         only = int(torch.load(proj / "data/prepared/train.pt", weights_only=True)["y"][0])
         param("omit_classes", [only])(proj)
     return edit

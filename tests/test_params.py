@@ -78,7 +78,7 @@ BAD = [
     ("student.epochs", 2.5, "student.epochs: Input should be a valid integer, got 2.5"),
     ("student.flip", 1, "student.flip: Input should be a valid boolean, got 1"),
     ("student.flip", "yes", 'student.flip: Input should be a valid boolean, got "yes" (a string in YAML 1.2'),
-    ("teacher.amp", "true", 'teacher.amp: Input should be a valid boolean, got "true"'),
+    ("teacher.flip", "true", 'teacher.flip: Input should be a valid boolean, got "true"'),
     ("data.mirror", 3, "data.mirror: Input should be a valid string, got 3"),
     ("data.max_train", "100", 'data.max_train: Input should be a valid integer, got "100"'),
     ("distributed.processes", 2.0, "distributed.processes: Input should be a valid integer, got 2.0"),
@@ -167,7 +167,7 @@ def test_edited_seed_trains_what_dvc_records(built_project, tmp_path):
     src, _ = built_project
     proj = tmp_path / "proj"
     shutil.copytree(src, proj, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
-    env = {"KD_TRACKING": "0"}
+    env = {"KD_TRACKING": "0", "PYTHONPATH": "src"}  # as dvc.yaml runs the stages
     path = proj / "params.yaml"
     text = path.read_text()
     assert "\nseed: 0\n" in text

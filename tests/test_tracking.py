@@ -134,7 +134,7 @@ def test_store_locked_mid_stage_gives_one_warning_line(tmp_path):
     stage = lock = None
     try:
         stage = subprocess.Popen([sys.executable, "stages/train_teacher.py"], cwd=proj,
-                                 env={**env, "OMP_NUM_THREADS": "1"},
+                                 env={**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(proj / "src")},
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 180
         while lock is None and time.monotonic() < deadline and stage.poll() is None:
