@@ -1,6 +1,8 @@
 """Bad params, data, caches and signals: a clear message, exit code 2, and no
 existing output touched. Each case runs a real stage script on a fresh copy of
 a built tiny project."""
+import os
+import re
 import runpy
 import shutil
 import subprocess
@@ -47,6 +49,36 @@ def param(key, value):
 
 def write(relpath, text):
     return lambda proj: (proj / relpath).write_text(text)
+
+
+def replace_text(old, new):
+    """A hand edit of params.yaml, spelled as a user would type it (not as PyYAML dumps it)."""
+    def edit(proj):
+        path = proj / "params.yaml"
+        text = path.read_text()
+        assert old in text
+        path.write_text(text.replace(old, new, 1))
+    return edit
+
+
+def append(text):
+    def edit(proj):
+        with open(proj / "params.yaml", "a") as f:
+            f.write(text)
+    return edit
+
+
+def empty_transfer_set(*reruns):
+    """data.max_train: 1 and omit_classes: [the class of that one image], after rerunning
+    prepare (and `reruns`) on it, as `dvc repro` would have."""
+    def edit(proj):
+        param("data.max_train", 1)(proj)
+        for stage in ("prepare", *reruns):
+            subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=proj, check=True, capture_output=True,
+                           env={**os.environ, "PYTHONPATH": str(proj / "src")})  # as dvc.yaml runs it
+        only = int(torch.load(proj / "data/prepared/train.pt", weights_only=True)["y"][0])
+        param("omit_classes", [only])(proj)
+    return edit
 
 
 def remove(relpath):
@@ -101,8 +133,8 @@ def other_teacher_precision(proj):
 
 CASES = [
     # (id, stage, edit, message)
-    ("temperature-zero", "check_params", param("temperature", 0), "temperature: Input should be greater than 0"),
-    ("temperature-negative", "train_student", param("temperature", -3), "temperature: Input should be greater than 0"),
+    ("temperature-zero", "check_params", param("temperature", 0), "temperature: Input should be greater than or equal to 0.01"),
+    ("temperature-negative", "train_student", param("temperature", -3), "temperature: Input should be greater than or equal to 0.01"),
     ("alpha-above-1", "check_params", param("alpha", 1.5), "alpha: Input should be less than or equal to 1"),
     ("alpha-negative", "train_student", param("alpha", -0.5), "alpha: Input should be greater than or equal to 0"),
     ("omit-unknown-class", "check_params", param("omit_classes", [10]), r"omit_classes: \[10\] not in the mnist classes"),
@@ -136,6 +168,32 @@ CASES = [
     ("prepared-split-truncated", "train_teacher", truncate("data/prepared/train.pt"), "data/prepared/train.pt: unreadable"),
     ("prepared-split-missing", "generate_soft_labels", remove("data/prepared/train.pt"), "data/prepared/train.pt: missing"),
     ("diverging-lr", "train_teacher", param("teacher.lr", 1e30), r"loss is (nan|inf) at epoch 1, batch \d+"),
+    # Non-finite and absurd values: they used to pass, then fail mid-training as "lower the learning rate".
+    ("temperature-inf", "train_student", param("temperature", float("inf")), "temperature: Input should be a finite number, got .inf"),
+    ("temperature-nan", "check_params", param("temperature", float("nan")), "temperature: Input should be a finite number, got .nan"),
+    ("temperature-underflow", "train_student", param("temperature", 1e-300), "temperature: Input should be greater than or equal to 0.01"),
+    ("temperature-huge", "check_params", param("temperature", 1e6), "temperature: Input should be less than or equal to 1000"),
+    ("alpha-nan", "train_student", param("alpha", float("nan")), "alpha: Input should be a finite number, got .nan"),
+    ("lr-inf", "train_teacher", replace_text("lr: 0.05", "lr: .inf"), "teacher.lr: Input should be a finite number, got .inf"),
+    ("weight-decay-nan", "train_baseline", param("student.weight_decay", float("nan")), "student.weight_decay: Input should be a finite number"),
+    ("seed-too-large", "check_params", param("seed", 2**64), "seed: Input should be less than or equal to 4294967295"),
+    ("jitter-out-of-frame", "check_params", param("teacher.jitter", 28), "teacher.jitter: 28 shifts the 28x28 mnist images out of the frame"),
+    # No silent coercions: each of these used to be converted quietly (`true` trained as 1.0).
+    ("temperature-bool", "check_params", param("temperature", True), "temperature: Input should be a valid number, got true"),
+    ("seed-bool", "train_baseline", param("seed", True), "seed: Input should be a valid integer, got true"),
+    ("omit-classes-not-ints", "check_params", param("omit_classes", ["3", 3.0]),
+     r'omit_classes.0: Input should be a valid integer, got "3"\n  omit_classes.1: Input should be a valid integer, got 3.0'),
+    ("epochs-float", "train_teacher", param("teacher.epochs", 2.0), "teacher.epochs: Input should be a valid integer, got 2.0"),
+    ("max-train-string", "prepare", param("data.max_train", "400"), 'data.max_train: Input should be a valid integer, got "400"'),
+    # YAML 1.2, as DVC reads params.yaml: `yes` is a string, a duplicate key an error.
+    ("flip-yes", "train_teacher", replace_text("flip: false", "flip: yes"),
+     r'teacher.flip: Input should be a valid boolean, got "yes" \(a string in YAML 1.2'),
+    ("duplicate-key", "check_params", append("temperature: 5\n"), 'params.yaml: not valid YAML: .*found duplicate key "temperature"'),
+    # What the schema cannot see: the classes of the images data.max_train keeps.
+    ("empty-transfer-set-baseline", "train_baseline", empty_transfer_set(),
+     r"omit_classes: \[\d\] leaves the baseline no training images: data.max_train: 1 keeps only images of those"),
+    ("empty-transfer-set-student", "train_student", empty_transfer_set("generate_soft_labels"),
+     r"omit_classes: \[\d\] leaves the student no training images"),
 ]
 
 
@@ -148,7 +206,8 @@ def test_bad_input_fails_clearly_and_touches_nothing(proj, capsys, stage, edit, 
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert f"[{stage}] error:" in err
-    assert __import__("re").search(message, err), err
+    assert re.search(message, err, re.S), err
+    assert "Traceback" not in err
     assert outputs(proj) == before
     assert not list(proj.rglob("*.tmp"))  # no half-written file left behind
 

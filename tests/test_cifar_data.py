@@ -1,11 +1,17 @@
 """CIFAR-10 from the JPEG image-folder mirror: order, labels, clear errors."""
+import re
+import runpy
+import shutil
+
 import pytest
 import torch
+import yaml
 from torchvision.io import encode_jpeg
 
 import kd.datasets as datasets
-from conftest import MIRROR
+from conftest import MIRROR, REPO
 from kd.datasets import CIFAR10_CLASSES, DataError, fetch_cifar10, split_train_val
+from kd.files import file_md5
 
 
 @pytest.fixture
@@ -67,3 +73,82 @@ def test_real_mirror_test_split_has_the_official_counts(tmp_path):
     first = x[:20]  # two of each class
     assert first.shape == (20, 3, 32, 32) and first.dtype == torch.uint8
     assert 0.3 < first.float().mean().item() / 255 < 0.7
+
+
+@pytest.mark.parametrize("entry,kind", [("train/unicorn", "dir"), ("train/notes.txt", "file"),
+                                        ("test/.DS_Store", "file"), ("README", "file")])
+def test_unexpected_entry_in_the_tree_is_named(fake_mirror, tmp_path, entry, kind):
+    """An extra class folder would otherwise be silently left out of the data."""
+    path = fake_mirror / "cifar10-jpeg" / entry
+    if kind == "dir":
+        path.mkdir()
+        (path / "0000.jpg").write_bytes((path.parent / "cat" / "0000.jpg").read_bytes())
+    else:
+        path.write_text("stray\n")
+    with pytest.raises(DataError, match=f"{entry}: unexpected entry"):
+        fetch_cifar10(fake_mirror, tmp_path / "raw")
+    assert not (tmp_path / "raw" / "source.json").exists()
+
+
+def _damage(mirror, damage):
+    victim = mirror / "cifar10-jpeg" / "train" / "dog" / "0002.jpg"
+    if damage == "truncated":
+        victim.write_bytes(victim.read_bytes()[:300])
+    elif damage == "not-a-jpeg":
+        victim.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    elif damage == "wrong-size":
+        victim.write_bytes(encode_jpeg(torch.zeros((3, 16, 32), dtype=torch.uint8)).numpy().tobytes())
+    elif damage == "grayscale":  # decoded as RGB: still fine
+        victim.write_bytes(encode_jpeg(torch.full((1, 32, 32), 100, dtype=torch.uint8)).numpy().tobytes())
+    else:  # an extra class
+        shutil.copytree(victim.parent, victim.parent.parent / "unicorn")
+    return victim
+
+
+def _outputs(proj):
+    return {p: file_md5(p) for p in sorted((proj / "data").rglob("*")) if p.is_file()}
+
+
+BAD_MIRRORS = {
+    "truncated": "train/dog/0002.jpg: not a decodable JPEG",
+    "not-a-jpeg": "train/dog/0002.jpg: not a decodable JPEG",
+    "wrong-size": r"train/dog/0002.jpg: expected a 32x32 RGB image, got shape \(3, 16, 32\)",
+    "extra-class": "train/unicorn: unexpected entry",
+}
+
+
+@pytest.mark.parametrize("damage", BAD_MIRRORS)
+def test_prepare_swaps_nothing_in_from_a_bad_mirror(fake_mirror, tmp_path, monkeypatch, capsys, damage):
+    """The stage script, on a good mirror, then on a damaged copy: exit 2, every output as before."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    params = yaml.safe_load((REPO / "profiles" / "cifar10-cpu.yaml").read_text())
+    params["data"].update(mirror=str(fake_mirror), val_size=10, max_train=None)
+    (proj / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(proj)
+    monkeypatch.setenv("KD_TRACKING", "0")
+    monkeypatch.syspath_prepend(str(REPO / "stages"))  # as `python stages/prepare.py` would
+    runpy.run_path(str(REPO / "stages" / "prepare.py"), run_name="__main__")
+    assert torch.load("data/prepared/train.pt", weights_only=True)["x"].shape == (20, 3, 32, 32)
+    before = _outputs(proj)
+    assert proj / "data/raw/cifar10/source.json" in before
+    capsys.readouterr()
+
+    other = tmp_path / "other"  # the same images under another path, so source.json would change
+    shutil.copytree(fake_mirror, other)
+    _damage(other, damage)
+    params["data"]["mirror"] = str(other)
+    (proj / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(REPO / "stages" / "prepare.py"), run_name="__main__")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(f"\\[prepare\\] error: {other}/cifar10-jpeg/{BAD_MIRRORS[damage]}", err), err
+    assert _outputs(proj) == before
+    assert str(fake_mirror) in (proj / "data/raw/cifar10/source.json").read_text()
+
+
+def test_a_grayscale_jpeg_is_decoded_as_rgb(fake_mirror, tmp_path):
+    _damage(fake_mirror, "grayscale")
+    x, _ = fetch_cifar10(fake_mirror, tmp_path / "raw")["train"]
+    assert x[:].shape == (30, 3, 32, 32)

@@ -101,16 +101,24 @@ class JpegFiles:
         return _decode_jpegs([self.files[i] for i in idx.tolist()])
 
 
+def _unexpected(folder: Path, expected: set[Path], what: str) -> None:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: missing from the CIFAR-10 mirror")
+    extra = sorted(set(folder.iterdir()) - expected)
+    if extra:
+        raise DataError(f"{extra[0]}: unexpected {what} in the CIFAR-10 mirror")
+
+
 def _cifar10_from_jpegs(root: Path, split: str) -> tuple[JpegFiles, torch.Tensor]:
     per_class = CIFAR10_PER_CLASS[split]
     folders = [root / split / name for name in CIFAR10_CLASSES]  # class index = alphabetical order
+    # An extra class folder (or a stray file) would otherwise be silently left out.
+    _unexpected(root / split, set(folders), "entry (not one of the 10 class folders)")
     for folder in folders:
         for i in range(per_class):
             if not (folder / f"{i:04d}.jpg").is_file():
                 raise DataError(f"{folder / f'{i:04d}.jpg'}: missing from the CIFAR-10 mirror")
-        extra = sorted(set(folder.glob("*")) - {folder / f"{i:04d}.jpg" for i in range(per_class)})
-        if extra:
-            raise DataError(f"{extra[0]}: unexpected extra file in the CIFAR-10 mirror")
+        _unexpected(folder, {folder / f"{i:04d}.jpg" for i in range(per_class)}, "extra file")
     # Round-robin over classes (image i of class c at 10*i + c), so that every
     # prefix, e.g. data.max_train, is class-balanced like the official order.
     files = [folder / f"{i:04d}.jpg" for i in range(per_class) for folder in folders]
@@ -130,6 +138,7 @@ def fetch_cifar10(mirror: Path | None, raw_dir: Path) -> dict[str, tuple[torch.T
         root = mirror / "cifar10-jpeg"
         if not root.is_dir():
             raise DataError(f"{root}: no CIFAR-10 JPEG tree in the mirror")
+        _unexpected(root, {root / "train", root / "test"}, "entry (not train/ or test/)")
         out = {split: _cifar10_from_jpegs(root, split) for split in ("train", "test")}
         source = {"source": str(root), "format": "jpeg-q75"}
     else:

@@ -11,10 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kd.files import file_md5
-from kd.params import PARAMS_FILE, Params
+from kd.params import PARAMS_FILE, Params, parse_yaml
 
 DVC_YAML = Path("dvc.yaml")
 
@@ -22,8 +20,8 @@ DVC_YAML = Path("dvc.yaml")
 def dvc_stage(name: str, dvc_yaml: Path = DVC_YAML) -> dict:
     """The stage's entry in dvc.yaml, or {} when it has none (a script run by hand)."""
     try:
-        stages = yaml.safe_load(dvc_yaml.read_text()).get("stages", {})
-    except (OSError, AttributeError, ValueError, yaml.YAMLError):
+        stages = parse_yaml(dvc_yaml.read_text(encoding="utf-8")).get("stages", {})  # as DVC reads it
+    except (OSError, AttributeError, ValueError):  # ValueError: not UTF-8, or not YAML
         return {}
     return stages.get(name) or {}
 

@@ -2,14 +2,18 @@
 
 Every stage calls `load_params()` before doing any work, so a bad value fails
 fast with a message naming the key, and no output is touched.
+
+params.yaml is read exactly as DVC reads it (`parse_yaml`), so the values that
+train are the values DVC hashes, records in dvc.lock and shows in `dvc params diff`.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kd.datasets import DATASETS
@@ -35,9 +39,36 @@ class ParamsError(ValueError):
     """params.yaml is missing, unreadable or holds a bad value."""
 
 
+class YAMLSyntaxError(ValueError):
+    """Text that is not valid YAML (or has a duplicate key)."""
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML as DVC parses params.yaml and dvc.yaml (dvc.utils.serialize.parse_yaml:
+    ruamel.yaml, typ="safe", YAML 1.2). PyYAML speaks YAML 1.1, where `seed: 010`
+    is 8 (octal) while DVC records 10, `flip: yes` is true while DVC records the
+    string "yes", and of a duplicate key the last one silently wins."""
+    from ruamel.yaml import YAML  # ~30 ms, paid only where a file is parsed
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        return YAML(typ="safe").load(text)
+    except YAMLError as e:
+        # ruamel's advice on turning the duplicate-key check off does not apply here.
+        msg = str(e).split("\n\nTo suppress this check")[0].replace('in "<unicode string>", ', "at ")
+        raise YAMLSyntaxError(msg) from None
+
+
 class _Strict(BaseModel):
     # Unknown keys are almost always typos (`temprature: 5`); reject them.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no silent coercion (`temperature: true` is not 1.0, `omit_classes: ["3"]`
+    # is not [3]); an int is still a float (`lr: 1`). No NaN or inf in any float.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+# Seeds fit in 32 bits, as numpy's do; the batch order is seeded with
+# seed * 100_003 + epoch (kd.train), which must fit torch's 64-bit seed.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class DataParams(_Strict):
@@ -48,7 +79,7 @@ class DataParams(_Strict):
     mirror: str | None = None
     val_size: int = Field(5000, ge=1)
     # Separate from `seed` so a seed sweep trains new models on the same split.
-    split_seed: int = Field(0, ge=0)
+    split_seed: Seed = 0
     # Keep only the first N training images (null = all): for smoke tests.
     max_train: int | None = Field(None, ge=1)
 
@@ -77,7 +108,7 @@ class TrainParams(_Strict):
 class TeacherParams(TrainParams):
     # Its own seed, apart from the top-level `seed`: a seed sweep then trains new
     # students against one teacher, which DVC's run-cache trains only once.
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
 
 
 class DistributedParams(_Strict):
@@ -97,9 +128,14 @@ class SoftLabelParams(_Strict):
 
 
 class Params(_Strict):
-    temperature: float = Field(gt=0)
+    # Far beyond the useful range (Hinton et al. use 1-20), yet small enough that
+    # the loss stays finite and meaningful in float32: logits / T and T² stay far
+    # from float32's overflow at 3e38 (T = 1e-300 turned the logits into inf), and
+    # at T <= 1000 the soft targets, 1/C + (logit gap)/(C·T), still differ from
+    # uniform by far more than float32's relative precision of 1e-7.
+    temperature: float = Field(ge=0.01, le=1000)
     alpha: float = Field(ge=0, le=1)
-    seed: int = Field(ge=0)
+    seed: Seed
     omit_classes: list[int] = []
     data: DataParams
     teacher: TeacherParams
@@ -125,6 +161,12 @@ class Params(_Strict):
             if size % n:
                 raise ValueError(f"{role}.batch_size: {size} is not a multiple of distributed.processes={n} "
                                  "(each process takes an equal share of every batch)")
+        side = min(info.shape[1:])
+        for role in ("teacher", "student"):
+            jitter = getattr(self, role).jitter
+            if jitter >= side:  # and a huge one pads every batch out of memory
+                raise ValueError(f"{role}.jitter: {jitter} shifts the {side}x{side} {self.data.dataset} images "
+                                 f"out of the frame; use less than {side}")
         s = self.student
         if self.soft_labels.views > 1 and not (s.jitter or s.flip):
             raise ValueError(
@@ -157,13 +199,41 @@ def resolve_mirror(mirror: str | None, root: Path | None = None) -> Path | None:
     return path if path.is_absolute() else project_root(root) / path
 
 
+def _keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    out = set()
+    for name, field in model.model_fields.items():
+        out.add(prefix + name)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            out |= _keys(field.annotation, f"{prefix}{name}.")
+    return out
+
+
+_KEYS = _keys(Params)  # every dotted key of params.yaml
+
+
+def _spelled(value: Any) -> str:
+    """A value as YAML spells it, for error messages."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
 def _format(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "params"
         msg = e["msg"].removeprefix("Value error, ")
+        if not e["loc"] and msg.split(":")[0] in _KEYS:  # a cross-key check that names its key
+            key, msg = msg.split(": ", 1)
         if e["type"] == "extra_forbidden":
             msg = "unknown key (typo?)"
+        elif e["type"].endswith("_type") or e["type"] == "finite_number":
+            msg += f", got {_spelled(e['input'])}"
+            if e["type"] == "bool_type" and str(e["input"]).lower() in ("yes", "no", "on", "off", "y", "n"):
+                msg += " (a string in YAML 1.2, as DVC reads it: write true or false)"
         lines.append(f"  {key}: {msg}")
     return "\n".join(lines)
 
@@ -171,10 +241,10 @@ def _format(err: ValidationError) -> str:
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_text(encoding="utf-8"))  # DVC reads it as UTF-8 too
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found (run from the project root)") from None
-    except yaml.YAMLError as e:
+    except (YAMLSyntaxError, UnicodeDecodeError) as e:
         raise ParamsError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of keys to values")
@@ -189,3 +259,21 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
             "(set data.mirror: null to download from the official source)"
         )
     return params
+
+
+def check_training_set(params: Params, role: str, n: int) -> None:
+    """What the schema cannot see: how many images `role` is left to train on
+    once data.max_train and omit_classes have been applied. Checked before
+    training, which would otherwise fail with a scheduler's ValueError (no
+    batches) or give some distributed process an empty batch."""
+    procs = params.distributed.processes
+    if n == 0:
+        raise ParamsError(
+            f"{PARAMS_FILE} is invalid:\n  omit_classes: {params.omit_classes} leaves the {role} no training "
+            f"images: data.max_train: {_spelled(params.data.max_train)} keeps only images of those classes; "
+            "omit fewer classes or raise data.max_train")
+    if n < procs:
+        raise ParamsError(
+            f"{PARAMS_FILE} is invalid:\n  distributed.processes: {procs} processes for the {role}'s {n} training "
+            f"image(s) (data.max_train: {_spelled(params.data.max_train)}, omit_classes: {params.omit_classes}); "
+            "each process needs at least one")

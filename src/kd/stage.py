@@ -15,7 +15,7 @@ from kd.datasets import DataError
 from kd.device import describe, hardware_info, pick_device, prepare_model, resolve_precision, seed_everything
 from kd.declared import declared_params, dvc_stage, stage_fingerprint, stage_outputs
 from kd.files import InputFileError, OutputFileError, load_torch, remove_stale_tmp, write_csv, write_json
-from kd.params import Params, ParamsError, load_params, project_root
+from kd.params import Params, ParamsError, check_training_set, load_params, project_root
 from kd.paths import METRICS, model_file, split_file
 from kd.resume import ResumeState
 from kd.soft_labels import StaleSoftLabelsError
@@ -127,6 +127,7 @@ def keep_classes(x, y, omit: list[int]):
 def train_model(run: StageRun, role: str, cfg, x, y, loss_fn, *, seed: int, views=None, teacher=None) -> None:
     """Train one model of the pipeline and write its checkpoint, curve and metrics."""
     p = run.params
+    check_training_set(p, role, len(y))
     seed_everything(seed)  # the model's init
     model = new_model(cfg.arch, p.data.dataset, dropout=cfg.dropout, input_dropout=cfg.input_dropout)
     precision = resolve_precision(cfg.precision, run.device)

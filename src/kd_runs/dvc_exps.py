@@ -81,7 +81,7 @@ def show(root: Path) -> list[Shown]:
 
 def pipeline_code(root: Path) -> list[str]:
     """Git-tracked files the stages depend on (per dvc.yaml), plus dvc.yaml itself."""
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    stages = parse_yaml((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     deps = {d for s in stages.values() for d in s.get("deps", [])}
     tracked = set(git(root, "ls-files", "--", *sorted(deps)).stdout.split())
     return sorted({d for d in deps if d in tracked or any(t.startswith(d.rstrip("/") + "/") for t in tracked)}

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from kd.params import parse_yaml
+
 from kd_runs.run_info import flatten  # {'teacher': {'lr': 0.1}} -> {'teacher.lr': 0.1}
 
 SEEDS = (0, 1, 2)
@@ -62,7 +64,7 @@ def _yaml_value(value) -> str:
 
 
 def _load(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
+    return parse_yaml(path.read_text(encoding="utf-8"))  # as DVC parses it (YAML 1.2)
 
 
 # ---- the families --------------------------------------------------------------------------

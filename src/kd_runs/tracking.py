@@ -95,6 +95,42 @@ def process_alive(process: str) -> bool:
 
 # --- the tracker ---------------------------------------------------------------
 
+class _HeldLogs(logging.Handler):
+    """Holds the log records of the libraries under MLflow during one call:
+    replayed if the call succeeds, dropped if it fails. A locked SQLite store
+    alone logs some 70 lines of ERROR and chained tracebacks before our one
+    warning, which says it all."""
+
+    # The loggers that print: MLflow gives the first four handlers of their own
+    # (mlflow.utils.logging_utils), urllib3 logs HTTP retries through the root.
+    LOGGERS = ("mlflow", "sqlalchemy.engine", "alembic", "huey", "urllib3")
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self._saved: list[tuple[logging.Logger, list[logging.Handler], bool]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self):
+        for name in self.LOGGERS:
+            log = logging.getLogger(name)
+            self._saved.append((log, log.handlers, log.propagate))
+            log.handlers, log.propagate = [self], False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for log, handlers, propagate in self._saved:
+            log.handlers, log.propagate = handlers, propagate
+        self._saved.clear()
+
+    def replay(self) -> None:
+        for record in self.records:
+            logging.getLogger(record.name).handle(record)
+        self.records.clear()
+
+
 class Tracker:
     """The MLflow child run of one stage; every method is a no-op once tracking is off."""
 
@@ -111,8 +147,11 @@ class Tracker:
         return self.run_id is not None
 
     def _guard(self, what: str, fn, *args, **kwargs):
+        held = _HeldLogs()
         try:
-            return fn(*args, **kwargs)
+            import mlflow  # noqa: F401 - configures MLflow's loggers first, so that they are held below
+            with held:
+                result = fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - any tracking failure, whatever its type
             self.run_id = None
             detail = " ".join(str(e).split())
@@ -120,7 +159,9 @@ class Tracker:
             print(f"[{self.stage}] warning: MLflow tracking to {self.uri} failed while {what} "
                   f"({type(e).__name__}: {detail}); the stage goes on without tracking and "
                   "writes metrics/ as usual", file=sys.stderr, flush=True)
-            return None
+            return None  # and what the libraries logged about the failure is dropped
+        held.replay()
+        return result
 
     # Starting and ending ------------------------------------------------------
 
@@ -128,14 +169,14 @@ class Tracker:
         if not tracking_enabled():
             return
         self.uri = tracking_uri()
-        self._guard("starting the run", self._start, params)
-
-    def _start(self, params: Params) -> None:
-        for key, value in ENV_DEFAULTS.items():
+        for key, value in ENV_DEFAULTS.items():  # before _guard imports mlflow
             os.environ.setdefault(key, value)
         # urllib3 logs every retry; our one warning says it all.
         logging.getLogger("urllib3").setLevel(logging.ERROR)
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        self._guard("starting the run", self._start, params)
+
+    def _start(self, params: Params) -> None:
         import mlflow
         from mlflow.entities import Param
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
