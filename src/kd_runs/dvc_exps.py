@@ -15,8 +15,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
+from kd.params import parse_yaml
 from kd_runs.experiments import Experiment, PosterError
 from kd_runs.run_info import flatten
 
