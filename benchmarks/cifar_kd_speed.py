@@ -34,7 +34,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 from kd.checkpoint import load_model, new_model
@@ -42,7 +41,7 @@ from kd.datasets import DATASETS, fetch_cifar10
 from kd.device import autocast, pick_device, prepare_model, resolve_precision
 from kd.files import InputFileError
 from kd.losses import LOSSES
-from kd.params import TrainParams
+from kd.params import TrainParams, parse_yaml
 from kd.predict import predict
 from kd.soft_labels import ViewCache, live_teacher, teacher_view_logits, view_shifts
 from kd.train import TensorBatches, fit, make_optimizer
@@ -163,7 +162,7 @@ def main():
     print(f"decoded {n + n_test} JPEGs in {time.perf_counter() - t0:.1f}s")
 
     init = new_model(args.student, "cifar10").state_dict()  # after the teacher, as in the measured runs
-    profile = yaml.safe_load((ROOT / "profiles" / "cifar10-cpu.yaml").read_text())
+    profile = parse_yaml((ROOT / "profiles" / "cifar10-cpu.yaml").read_text(encoding="utf-8"))  # as DVC reads it
     loss_fn = partial(LOSSES["kd"], temperature=profile["temperature"], alpha=profile["alpha"])
     base = {**profile["student"], "arch": args.student, "epochs": args.epochs or 1,
             "batch_size": args.batch_size, "precision": "fp32"}

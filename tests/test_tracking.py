@@ -92,7 +92,8 @@ def test_stage_survives_the_tracking_server_dying_mid_run(tmp_path):
             from mlflow import MlflowClient
 
             stage = subprocess.Popen([sys.executable, "stages/train_teacher.py"], cwd=proj,
-                                     env={**env, "MLFLOW_TRACKING_URI": server.url, "OMP_NUM_THREADS": "1"},
+                                     env={**env, "MLFLOW_TRACKING_URI": server.url, "OMP_NUM_THREADS": "1",
+                                          "PYTHONPATH": str(proj / "src")},
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             client = MlflowClient(server.url)
             run_id = None
