@@ -43,7 +43,7 @@ from kd.files import InputFileError
 from kd.losses import LOSSES
 from kd.params import TrainParams, parse_yaml
 from kd.predict import predict
-from kd.soft_labels import ViewCache, live_teacher, teacher_view_logits, view_shifts
+from kd.soft_labels import LiveTeacher, ViewCache, teacher_view_logits, view_shifts
 from kd.train import TensorBatches, fit, make_optimizer
 
 EPOCH = 45_000
@@ -109,9 +109,9 @@ def common_recipe(student, teacher, x, y, cfg, loss_fn, device, workers) -> floa
 def ours(student, x, y, cfg, loss_fn, device, views=None, teacher=None) -> float:
     precision = resolve_precision(cfg.precision, device)
     student = prepare_model(student, precision)
-    batches = TensorBatches(x, y, cfg.batch_size, seed=0, shift=4, flip=True, views=views)
+    batches = TensorBatches(x, y, cfg.batch_size, seed=0, jitter=4, flip=True, views=views)
     t0 = time.perf_counter()
-    fit(student, batches, (x[:10], y[:10]), loss_fn, cfg, device=device, precision=precision, teacher=teacher)
+    fit(student, batches, (x[:10], y[:10]), loss_fn, cfg, device=device, precision=precision, teacher=views or teacher)
     return time.perf_counter() - t0
 
 
@@ -181,7 +181,7 @@ def main():
 
     cpu = torch.device("cpu")
     loader_sec = data_only(common_loader(x, y, args.batch_size, args.workers))
-    tensor_sec = data_only(TensorBatches(x, y, args.batch_size, seed=0, shift=4, flip=True).epoch(0, cpu))
+    tensor_sec = data_only(TensorBatches(x, y, args.batch_size, seed=0, jitter=4, flip=True).epoch(0, cpu))
     print(f"input pipeline alone: common DataLoader {n / loader_sec:.0f} img/s, "
           f"our TensorBatches {n / tensor_sec:.0f} img/s")
 
@@ -202,7 +202,7 @@ def main():
     rows["ours"] = (ours(m, x, y, ours_cfg, loss_fn, device, views=cache), acc(m, fast))
     if not args.skip_live:
         m = fresh()
-        live = live_teacher(teacher_fast, device, fast)
+        live = LiveTeacher(teacher_fast, device, fast)
         rows["ours-live"] = (ours(m, x, y, ours_cfg, loss_fn, device, teacher=live), acc(m, fast))
 
     epochs = args.epochs or 1

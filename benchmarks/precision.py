@@ -52,7 +52,7 @@ def train_rate(arch, x, y, batch_size, batches, precision, channels_last, device
     cfg = TrainParams(arch=arch, epochs=1, batch_size=batch_size, lr=0.05, schedule="constant")
     opt, _ = make_optimizer(model, cfg, 1)
     jitter = 2 if dataset_of(arch) == "mnist" else 4
-    data = TensorBatches(x, y, batch_size, seed=0, shift=jitter, flip=dataset_of(arch) == "cifar10")
+    data = TensorBatches(x, y, batch_size, seed=0, jitter=jitter, flip=dataset_of(arch) == "cifar10")
     seen, t0 = 0, time.perf_counter()
     for step, (xb, batch) in enumerate(data.epoch(0, device)):
         if step == 3:  # warm-up batches excluded

@@ -4,13 +4,14 @@ from kd.checkpoint import load_model
 from kd.datasets import DATASETS
 from kd.device import describe, hardware_info
 from kd.evaluate import confusion_rows, report
-from kd.figures import confusion_matrix
 from kd.files import write_csv, write_json
 from kd.model_cost import model_cost, model_latency
 from kd.models import count_params
 from kd.paths import METRICS, model_file
 from kd.predict import predict
-from kd.stage import load_split, stage
+from kd.splits import load_split
+from kd_runs.figures import confusion_matrix
+from kd_runs.stage import stage
 
 ROLES = ("teacher", "baseline", "student")  # teacher first: the others are compared with it
 

@@ -5,11 +5,12 @@ student's augmentation (jitter, flip) from `seed`; live mode: nothing to
 precompute, the file only records the mode.
 """
 from kd.checkpoint import load_model
-from kd.device import describe, resolve_precision
 from kd.declared import declared_params
+from kd.device import describe, resolve_precision
 from kd.paths import SOFT_LABELS, model_file, split_file
 from kd.soft_labels import ViewCache, save_soft_labels, teacher_view_logits, view_shifts
-from kd.stage import load_split, stage
+from kd.splits import load_split
+from kd_runs.stage import stage
 
 with stage("generate_soft_labels") as run:
     p = run.params

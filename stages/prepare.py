@@ -3,7 +3,7 @@ from kd.datasets import DATASETS, check_split, split_train_val
 from kd.files import save_torch, staged_dir
 from kd.params import resolve_mirror
 from kd.paths import RAW, split_file
-from kd.stage import stage
+from kd_runs.stage import stage
 
 with stage("prepare") as run:
     p = run.params.data

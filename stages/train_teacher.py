@@ -1,7 +1,10 @@
 """Stage train_teacher: the teacher on true labels, on every class."""
 from kd.losses import LOSSES
-from kd.stage import load_split, stage, train_model
+from kd.splits import load_split
+from kd.training import train_model
+from kd_runs.stage import stage
 
 with stage("train_teacher", ddp=True) as run:
-    x, y = load_split("train")
-    train_model(run, "teacher", run.params.teacher, x, y, LOSSES["ce"], seed=run.params.teacher.seed)
+    p = run.params
+    model, history = train_model(run, "teacher", p.teacher, load_split("train"), LOSSES["ce"], seed=p.teacher.seed)
+    run.track_model("teacher", model, history)

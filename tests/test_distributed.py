@@ -21,7 +21,7 @@ CPU = torch.device("cpu")
 def batches(toy, rank=0, world=1, n=None, y=None):
     x, labels = toy
     y = labels[:n] if y is None else y
-    return TensorBatches(x[:n], y, 32, seed=3, shift=2, flip=True, rank=rank, world=world)
+    return TensorBatches(x[:n], y, 32, seed=3, jitter=2, flip=True, rank=rank, world=world)
 
 
 @pytest.mark.parametrize("n", [300, 299])  # 299: the order is padded to split evenly

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import kd.files
-import kd.stage
+import kd.splits
 from kd.evaluate import apply_class_bias, expected_calibration_error, fidelity, fit_class_bias, report
 
 
@@ -148,7 +148,7 @@ def test_fit_class_bias_only_sees_the_logits_it_is_given(monkeypatch):
     def no_files(*args, **kwargs):
         raise AssertionError("fit_class_bias read a file")
 
-    monkeypatch.setattr(kd.stage, "load_split", no_files)
+    monkeypatch.setattr(kd.splits, "load_split", no_files)
     monkeypatch.setattr(kd.files, "load_torch", no_files)
     logits, y = shifted_logits()
     before = logits.clone()

@@ -207,3 +207,18 @@ def test_forced_rerun_gives_identical_metrics(project):
     first = {f: (proj / f).read_bytes() for f in files}
     sh([sys.executable, "-m", "dvc", "repro", "--force"], proj, env={"KD_TRACKING": "0"})
     assert {f: (proj / f).read_bytes() for f in files} == first
+
+
+def test_an_edit_only_evaluate_uses_changes_only_evaluate(project):
+    """Stage deps are the code each stage imports: ECE binning retrains nothing."""
+    proj, _ = project
+    code = proj / "src/kd/evaluate.py"
+    original = code.read_text()
+    assert "bins: int = 15" in original
+    code.write_text(original.replace("bins: int = 15", "bins: int = 10"))
+    try:
+        changed = json.loads(sh([sys.executable, "-m", "dvc", "status", "--json"], proj).stdout)
+    finally:
+        code.write_text(original)
+    assert set(changed) == {"evaluate"}, changed
+    assert json.loads(sh([sys.executable, "-m", "dvc", "status", "--json"], proj).stdout) == {}

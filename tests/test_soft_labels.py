@@ -5,7 +5,7 @@ from kd.augment import apply_shifts
 from kd.checkpoint import new_model
 from kd.losses import LOSSES
 from kd.params import TrainParams
-from kd.soft_labels import (StaleSoftLabelsError, ViewCache, live_teacher, load_soft_labels, save_soft_labels,
+from kd.soft_labels import (StaleSoftLabelsError, ViewCache, LiveTeacher, load_soft_labels, save_soft_labels,
                             teacher_view_logits, view_shifts)
 from kd.train import TensorBatches, fit
 
@@ -56,22 +56,21 @@ def test_student_batches_carry_the_logits_of_the_view_they_show(teacher, cifar_l
     x, y = cifar_like
     cache = make_cache(teacher, x)
     keep = y != 3  # omit_classes=[3]
-    batches = TensorBatches(x[keep], y[keep], 8, seed=1, shift=4, flip=True, views=cache.subset(keep))
+    signal = cache.subset(keep)
+    batches = TensorBatches(x[keep], y[keep], 8, seed=1, jitter=4, flip=True, views=signal)
     seen_views = 0
     with torch.no_grad():
         for epoch in range(2):
             for xb, batch in batches.epoch(epoch, CPU):
-                assert torch.allclose(teacher(xb), batch["teacher_logits"], atol=1e-5)
+                assert torch.allclose(teacher(xb), signal.logits_for(xb, batch["idx"], batch["view"]), atol=1e-5)
                 seen_views += len(xb)
     assert seen_views == 2 * int(keep.sum())
-    with pytest.raises(ValueError, match="jitter=4, flip=True does not fit"):
-        TensorBatches(x, y, 8, seed=1, shift=2, flip=True, views=cache)
 
 
 def test_live_teacher_trains_a_student_on_the_batch_it_sees(teacher, cifar_like):
     x, y = cifar_like
     seen = []
-    live = live_teacher(teacher, CPU, "fp32")
+    live = LiveTeacher(teacher, CPU, "fp32")
 
     def loss(logits, batch):
         seen.append(batch["teacher_logits"])
@@ -79,26 +78,31 @@ def test_live_teacher_trains_a_student_on_the_batch_it_sees(teacher, cifar_like)
 
     cfg = TrainParams(arch="vgg8", epochs=1, batch_size=16, lr=0.05, jitter=4, flip=True)
     student = new_model("vgg8", "cifar10")
-    history = fit(student, TensorBatches(x, y, 16, seed=0, shift=4, flip=True), (x[:8], y[:8]), loss, cfg,
+    history = fit(student, TensorBatches(x, y, 16, seed=0, jitter=4, flip=True), (x[:8], y[:8]), loss, cfg,
                   device=CPU, teacher=live)
     assert len(seen) == 3 and seen[0].shape == (16, 10) and history[0]["train_loss"] > 0
 
 
-def test_soft_labels_refuse_another_teacher_data_or_augmentation(tmp_path, teacher, cifar_like):
+def test_soft_labels_refuse_another_teacher_data_or_params(tmp_path, teacher, cifar_like):
     x, _ = cifar_like
     teacher_file, data, out = tmp_path / "teacher.pt", tmp_path / "train.pt", tmp_path / "soft.pt"
     teacher_file.write_bytes(b"teacher v1")
     data.write_bytes(b"data v1")
     cache = make_cache(teacher, x, views=2)
-    save_soft_labels(out, cache, teacher=teacher_file, data=data, mode="cached")
-    kw = dict(teacher=teacher_file, data=data, n=40, max_shift=4, flip=True)
-    loaded = load_soft_labels(out, **kw)
+    made_with = {"seed": 0, "soft_labels.mode": "cached", "soft_labels.views": 2, "student.jitter": 4,
+                 "student.flip": True}
+    save_soft_labels(out, cache, teacher=teacher_file, data=data, mode="cached", made_with=made_with)
+    kw = dict(teacher=teacher_file, data=data, n=40, params={**made_with, "temperature": 4.0})
+    loaded = load_soft_labels(out, **kw)  # params the views do not depend on may differ
     assert torch.equal(loaded.logits, cache.logits) and torch.equal(loaded.shifts.dx, cache.shifts.dx)
 
     with pytest.raises(StaleSoftLabelsError, match="holds 40 logits for 41"):
         load_soft_labels(out, **{**kw, "n": 41})
-    with pytest.raises(StaleSoftLabelsError, match="jitter=4, flip=True, but the student trains with jitter=2"):
-        load_soft_labels(out, **{**kw, "max_shift": 2})
+    # The one check of the cache against the training settings: every param it was made with.
+    with pytest.raises(StaleSoftLabelsError, match=r"student.jitter=4 \(now 2\)"):
+        load_soft_labels(out, **{**kw, "params": {**made_with, "student.jitter": 2}})
+    with pytest.raises(StaleSoftLabelsError, match=r"soft_labels.mode='cached' \(now 'live'\)"):
+        load_soft_labels(out, **{**kw, "params": {**made_with, "soft_labels.mode": "live"}})
     teacher_file.write_bytes(b"teacher v2")
     with pytest.raises(StaleSoftLabelsError, match="teacher.pt"):
         load_soft_labels(out, **kw)
@@ -107,10 +111,12 @@ def test_soft_labels_refuse_another_teacher_data_or_augmentation(tmp_path, teach
     with pytest.raises(StaleSoftLabelsError, match="train.pt"):
         load_soft_labels(out, **kw)
     data.write_bytes(b"data v1")
-    save_soft_labels(out, None, teacher=teacher_file, data=data, mode="live")
-    with pytest.raises(StaleSoftLabelsError, match="mode=live, not cached"):
+    live = {**made_with, "soft_labels.mode": "live"}
+    save_soft_labels(out, None, teacher=teacher_file, data=data, mode="live", made_with=live)
+    assert load_soft_labels(out, **{**kw, "params": live}) is None
+    save_soft_labels(out, cache, teacher=teacher_file, data=data, mode="cached")  # records no params
+    with pytest.raises(StaleSoftLabelsError, match="does not record the params"):
         load_soft_labels(out, **kw)
-    assert load_soft_labels(out, **kw, mode="live") is None
 
 
 def test_one_view_without_augmentation_is_the_clean_image(teacher, cifar_like):
@@ -124,10 +130,12 @@ def test_one_view_without_augmentation_is_the_clean_image(teacher, cifar_like):
 def test_ddp_ranks_split_a_cached_view_batch_exactly(teacher, cifar_like):
     x, y = cifar_like
     cache = make_cache(teacher, x, views=2)
-    whole = list(TensorBatches(x, y, 8, seed=3, shift=4, flip=True, views=cache).epoch(0, CPU))
-    ranks = [list(TensorBatches(x, y, 8, seed=3, shift=4, flip=True, views=cache, rank=r, world=2).epoch(0, CPU))
+    whole = list(TensorBatches(x, y, 8, seed=3, jitter=4, flip=True, views=cache).epoch(0, CPU))
+    ranks = [list(TensorBatches(x, y, 8, seed=3, jitter=4, flip=True, views=cache, rank=r, world=2).epoch(0, CPU))
              for r in range(2)]
     for i, (xb, batch) in enumerate(whole):
         for r in range(2):
             xr, br = ranks[r][i]
-            assert torch.equal(xr, xb[r::2]) and torch.equal(br["teacher_logits"], batch["teacher_logits"][r::2])
+            assert torch.equal(xr, xb[r::2])
+            assert torch.equal(cache.logits_for(xr, br["idx"], br["view"]),
+                               cache.logits_for(xb, batch["idx"], batch["view"])[r::2])

@@ -24,7 +24,7 @@ def run(toy_images, c, resume=None, stop_after=None):
         if stop_after and row["epoch"] == stop_after:
             raise KeyboardInterrupt  # stands in for a crash after the epoch's checkpoint
 
-    history = fit(model, TensorBatches(x, y, c.batch_size, seed=0, shift=c.jitter), (x[:50], y[:50]),
+    history = fit(model, TensorBatches(x, y, c.batch_size, seed=0, jitter=c.jitter), (x[:50], y[:50]),
                   LOSSES["ce"], c, device=CPU, resume=resume, on_epoch=on_epoch)
     return model, history
 

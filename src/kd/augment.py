@@ -15,21 +15,21 @@ class Shifts:
     batch's shifts from one shared generator and each apply only its own slice:
     the batch is then augmented exactly as in a single-process run.
     """
-    max_shift: int
+    jitter: int
     dy: torch.Tensor  # [n, 1]
     dx: torch.Tensor  # [n, 1]
     mirrored: torch.Tensor | None  # [n] bool, None without flips
 
     def __getitem__(self, index) -> "Shifts":
         m = self.mirrored[index] if self.mirrored is not None else None
-        return Shifts(self.max_shift, self.dy[index], self.dx[index], m)
+        return Shifts(self.jitter, self.dy[index], self.dx[index], m)
 
 
-def draw_shifts(n: int, max_shift: int, generator: torch.Generator, flip: bool = False) -> Shifts | None:
+def draw_shifts(n: int, jitter: int, generator: torch.Generator, flip: bool = False) -> Shifts | None:
     """None when there is nothing to draw (no shift, no flip)."""
-    if max_shift == 0 and not flip:
+    if jitter == 0 and not flip:
         return None
-    s = max_shift
+    s = jitter
     dy = torch.randint(0, 2 * s + 1, (n, 1), generator=generator)
     dx = torch.randint(0, 2 * s + 1, (n, 1), generator=generator)
     mirrored = torch.rand(n, generator=generator) < 0.5 if flip else None
@@ -40,7 +40,7 @@ def apply_shifts(x: torch.Tensor, shifts: Shifts | None) -> torch.Tensor:
     if shifts is None:
         return x
     n, c, h, w = x.shape
-    s = shifts.max_shift
+    s = shifts.jitter
     padded = F.pad(x, (s, s, s, s)) if s else x
     rows = shifts.dy + torch.arange(h)
     cols = shifts.dx + torch.arange(w)
@@ -55,11 +55,11 @@ def apply_shifts(x: torch.Tensor, shifts: Shifts | None) -> torch.Tensor:
     ]
 
 
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator, flip: bool = False) -> torch.Tensor:
-    """Shift each image by its own integer (dy, dx) in [-max_shift, max_shift],
+def random_shift(x: torch.Tensor, jitter: int, generator: torch.Generator, flip: bool = False) -> torch.Tensor:
+    """Shift each image by its own integer (dy, dx) in [-jitter, jitter],
     filling with zeros; optionally mirror half of them left-right.
 
-    With max_shift=4 and flip=True this is the usual CIFAR "pad 4, random crop,
-    random flip"; with max_shift=2 it is Hinton's MNIST jitter.
+    With jitter=4 and flip=True this is the usual CIFAR "pad 4, random crop,
+    random flip"; with jitter=2 it is Hinton's MNIST jitter.
     """
-    return apply_shifts(x, draw_shifts(len(x), max_shift, generator, flip))
+    return apply_shifts(x, draw_shifts(len(x), jitter, generator, flip))

@@ -9,10 +9,11 @@ from typing import Callable
 
 import torch
 
+from kd.errors import UserError
 from kd.files import file_md5, write_json
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """Raw data is missing, corrupt or not what we expect."""
 
 

@@ -14,8 +14,10 @@ from typing import Any
 
 import torch
 
+from kd.errors import UserError
 
-class OutputFileError(RuntimeError):
+
+class OutputFileError(UserError, RuntimeError):
     """An output could not be written: no permission, disk full, file size limit, ..."""
 
 
@@ -69,7 +71,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class InputFileError(RuntimeError):
+class InputFileError(UserError, RuntimeError):
     """A file an earlier stage should have written is missing or unreadable."""
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kd.datasets import DATASETS
+from kd.errors import UserError
 from kd.models import MODELS
 
 PARAMS_FILE = "params.yaml"
@@ -35,7 +36,7 @@ DatasetName = Annotated[str, _one_of(DATASETS, "dataset")]
 ArchName = Annotated[str, _one_of(MODELS, "arch")]
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """params.yaml is missing, unreadable or holds a bad value."""
 
 

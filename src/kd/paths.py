@@ -25,3 +25,8 @@ def metrics_file(name: str) -> Path:
 def timing_file(stage: str) -> Path:
     """metrics/timing/<stage>.json: the stage's wall time."""
     return METRICS / "timing" / f"{stage}.json"
+
+
+def curve_file(role: str) -> Path:
+    """metrics/curves/<role>.csv: per-epoch loss and accuracy of a trained model."""
+    return METRICS / "curves" / f"{role}.csv"

@@ -22,17 +22,19 @@ from torch import nn
 
 from kd.augment import Shifts, apply_shifts, draw_shifts
 from kd.device import autocast
+from kd.errors import UserError
 from kd.files import file_md5, load_torch, save_torch
 
 
-class StaleSoftLabelsError(RuntimeError):
+class StaleSoftLabelsError(UserError, RuntimeError):
     """Soft labels do not belong to the current teacher, data or augmentation."""
 
 
 @dataclass(frozen=True)
 class ViewCache:
+    """The cached teacher signal: K augmented views per image and their teacher logits."""
     shifts: Shifts | None  # indexed [view, image]; None: no augmentation, every view is the clean image
-    max_shift: int
+    jitter: int
     flip: bool
     logits: torch.Tensor  # float32 [K, N, classes]
 
@@ -46,21 +48,40 @@ class ViewCache:
     def subset(self, keep: torch.Tensor) -> "ViewCache":
         """Only the images selected by `keep` (a mask or index over N)."""
         shifts = self.shifts[:, keep] if self.shifts else None
-        return ViewCache(shifts, self.max_shift, self.flip, self.logits[:, keep])
+        return ViewCache(shifts, self.jitter, self.flip, self.logits[:, keep])
 
-    def lookup(self, k: torch.Tensor, idx: torch.Tensor) -> tuple[Shifts | None, torch.Tensor]:
-        """Augmentation and teacher logits of view k[j] of image idx[j]."""
-        return (self.shifts[k, idx] if self.shifts else None), self.logits[k, idx]
+    def view_shifts(self, view: torch.Tensor, idx: torch.Tensor) -> Shifts | None:
+        """The augmentation of view view[j] of image idx[j]: what the student is shown."""
+        return self.shifts[view, idx] if self.shifts else None
+
+    def logits_for(self, x: torch.Tensor, idx: torch.Tensor, view: torch.Tensor | None) -> torch.Tensor:
+        """The teacher's logits of the images the student sees (x is view `view` of images `idx`)."""
+        return self.logits[view, idx].to(x.device)
 
 
-def view_shifts(n: int, views: int, max_shift: int, flip: bool, seed: int) -> Shifts | None:
+class LiveTeacher:
+    """The live teacher signal (`soft_labels.mode: live`): the teacher runs on every batch."""
+
+    def __init__(self, teacher: nn.Module, device: torch.device, precision: str):
+        self.teacher, self.device, self.precision = teacher.to(device).eval(), device, precision
+
+    def subset(self, keep: torch.Tensor) -> "LiveTeacher":
+        return self
+
+    @torch.no_grad()
+    def logits_for(self, x: torch.Tensor, idx: torch.Tensor, view: torch.Tensor | None) -> torch.Tensor:
+        with autocast(self.device, self.precision):
+            return self.teacher(x).float()
+
+
+def view_shifts(n: int, views: int, jitter: int, flip: bool, seed: int) -> Shifts | None:
     """The augmentation of every (view, image), indexed [view, image]; None without augmentation."""
-    per_view = [draw_shifts(n, max_shift, torch.Generator().manual_seed(seed * 1_000_003 + k), flip)
+    per_view = [draw_shifts(n, jitter, torch.Generator().manual_seed(seed * 1_000_003 + k), flip)
                 for k in range(views)]
     if per_view[0] is None:
         return None
     mirrored = torch.stack([v.mirrored for v in per_view]) if flip else None
-    return Shifts(max_shift, torch.stack([v.dy for v in per_view]), torch.stack([v.dx for v in per_view]), mirrored)
+    return Shifts(jitter, torch.stack([v.dy for v in per_view]), torch.stack([v.dx for v in per_view]), mirrored)
 
 
 @torch.no_grad()
@@ -80,17 +101,6 @@ def teacher_view_logits(teacher: nn.Module, x: torch.Tensor, shifts: Shifts | No
     return torch.stack(out)
 
 
-def live_teacher(teacher: nn.Module, device: torch.device, precision: str):
-    """The `live` mode: teacher logits of exactly the batch the student sees."""
-    teacher.to(device).eval()
-
-    @torch.no_grad()
-    def logits(x: torch.Tensor) -> torch.Tensor:
-        with autocast(device, precision):
-            return teacher(x).float()
-    return logits
-
-
 def save_soft_labels(path: Path, cache: ViewCache | None, *, teacher: Path, data: Path, mode: str,
                      made_with: dict | None = None) -> None:
     """cache=None in live mode: the file then only records that choice. `made_with`:
@@ -99,16 +109,16 @@ def save_soft_labels(path: Path, cache: ViewCache | None, *, teacher: Path, data
             "params": dict(made_with or {})}
     if cache is not None:
         sh = cache.shifts
-        blob.update(logits=cache.logits, max_shift=cache.max_shift, flip=cache.flip,
+        blob.update(logits=cache.logits, jitter=cache.jitter, flip=cache.flip,
                     shift_dy=sh.dy if sh else None, shift_dx=sh.dx if sh else None,
                     shift_mirrored=sh.mirrored if sh else None)
     save_torch(blob, path)
 
 
-def load_soft_labels(path: Path, *, teacher: Path, data: Path, n: int, max_shift: int = 0,
-                     flip: bool = False, mode: str = "cached", params: dict | None = None) -> ViewCache | None:
-    """The view cache; in live mode only checks the file belongs to this teacher and returns None.
-    `params`: the current params, flat; each one the file was made with must be the same."""
+def load_soft_labels(path: Path, *, teacher: Path, data: Path, n: int, params: dict) -> ViewCache | None:
+    """The view cache (None in live mode), once the one check of it has passed: it was
+    made from this teacher and this data, for `n` images, with the same values of every
+    param it depends on (`params`: the current ones, flat; the file records its own)."""
     blob = load_torch(path)
     for key, src in (("teacher_md5", teacher), ("data_md5", data)):
         if blob[key] != file_md5(src):
@@ -116,28 +126,31 @@ def load_soft_labels(path: Path, *, teacher: Path, data: Path, n: int, max_shift
                 f"{path} was made from a different {src} ({key} {blob[key]} != {file_md5(src)}); "
                 "rerun `dvc repro generate_soft_labels`"
             )
-    if params is not None:
-        if "params" not in blob:
-            raise StaleSoftLabelsError(f"{path} does not record the params it was made with; "
-                                       "rerun `dvc repro generate_soft_labels`")
-        changed = [f"{k}={v!r} (now {params.get(k, '(none)')!r})" for k, v in sorted(blob["params"].items())
-                   if params.get(k, "(none)") != v]
-        if changed:
-            raise StaleSoftLabelsError(f"{path} was made with other params: {', '.join(changed)}; "
-                                       "rerun `dvc repro generate_soft_labels`")
-    if blob["mode"] != mode:
-        raise StaleSoftLabelsError(f"{path} was made for soft_labels.mode={blob['mode']}, not {mode}; "
+    if not blob.get("params"):
+        raise StaleSoftLabelsError(f"{path} does not record the params it was made with; "
                                    "rerun `dvc repro generate_soft_labels`")
-    if mode == "live":
+    changed = [f"{k}={v!r} (now {params.get(k, '(none)')!r})" for k, v in sorted(blob["params"].items())
+               if params.get(k, "(none)") != v]
+    if changed:
+        raise StaleSoftLabelsError(f"{path} was made with other params: {', '.join(changed)}; "
+                                   "rerun `dvc repro generate_soft_labels`")
+    if blob["mode"] == "live":
         return None
-    if (blob["max_shift"], blob["flip"]) != (max_shift, flip):
-        raise StaleSoftLabelsError(
-            f"{path} holds views with jitter={blob['max_shift']}, flip={blob['flip']}, but the student "
-            f"trains with jitter={max_shift}, flip={flip}; rerun `dvc repro generate_soft_labels`"
-        )
     if blob["logits"].shape[1] != n:
         raise StaleSoftLabelsError(f"{path} holds {blob['logits'].shape[1]} logits for {n} images")
     shifts = None
     if blob["shift_dy"] is not None:
-        shifts = Shifts(blob["max_shift"], blob["shift_dy"], blob["shift_dx"], blob["shift_mirrored"])
-    return ViewCache(shifts, blob["max_shift"], blob["flip"], blob["logits"])
+        shifts = Shifts(blob["jitter"], blob["shift_dy"], blob["shift_dx"], blob["shift_mirrored"])
+    return ViewCache(shifts, blob["jitter"], blob["flip"], blob["logits"])
+
+
+def teacher_signal(path: Path, *, teacher: Path, data: Path, n: int, params: dict, device: torch.device,
+                   precision: str) -> ViewCache | LiveTeacher:
+    """What the student learns from: the cached views, or the teacher itself in live mode.
+    Either way the file is checked first, so a stale one fails before any training."""
+    cache = load_soft_labels(path, teacher=teacher, data=data, n=n, params=params)
+    if cache is not None:
+        return cache
+    from kd.checkpoint import load_model
+
+    return LiveTeacher(load_model(teacher)[0], device, precision)

@@ -13,13 +13,14 @@ from tqdm import tqdm
 from kd import distributed
 from kd.augment import apply_shifts, draw_shifts
 from kd.device import autocast
+from kd.errors import UserError
 from kd.params import TrainParams
 from kd.predict import predict
 from kd.resume import ResumeState
-from kd.soft_labels import ViewCache
+from kd.soft_labels import LiveTeacher, ViewCache
 
 
-class DivergedError(RuntimeError):
+class DivergedError(UserError, RuntimeError):
     """The loss became NaN or inf."""
 
 
@@ -41,48 +42,44 @@ class TensorBatches:
     y: torch.Tensor
     batch_size: int
     seed: int
-    shift: int = 0
+    jitter: int = 0
     flip: bool = False
     rank: int = 0
     world: int = 1
     # Cached teacher views: each sample is shown as one of its K stored views
-    # (instead of a fresh shift) and comes with that view's teacher logits.
+    # instead of a fresh random shift (kd.soft_labels.load_soft_labels checked
+    # that they were drawn with this jitter and flip).
     views: ViewCache | None = None
 
     def __post_init__(self):
         if self.batch_size % self.world:
             raise ValueError(f"batch_size {self.batch_size} must be a multiple of the {self.world} "
                              "distributed processes")
-        v = self.views
-        if v is not None and (len(v), v.max_shift, v.flip) != (len(self.y), self.shift, self.flip):
-            raise ValueError(f"view cache for {len(v)} images with jitter={v.max_shift}, flip={v.flip} does not "
-                             f"fit {len(self.y)} images with jitter={self.shift}, flip={self.flip}")
 
     def __len__(self) -> int:
         return math.ceil(len(self.y) / self.batch_size)
 
     def epoch(self, epoch: int, device: torch.device):
+        """Yields (images as float in [0, 1], {"y", "idx": image indices, "view": cached view or None})."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(len(self.y), generator=g)
         pad = -len(order) % self.world
         order = torch.cat([order, order[:pad]])
+        mine = slice(self.rank, None, self.world)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             # Same draws on every rank; each rank then takes its slice.
+            view = None
             if self.views is None:
-                shifts = draw_shifts(len(idx), self.shift, g, self.flip)
+                shifts = draw_shifts(len(idx), self.jitter, g, self.flip)
+                shifts = shifts[mine] if shifts else None
             else:
                 view = (torch.randint(0, self.views.views, (len(idx),), generator=g) if self.views.views > 1
-                        else torch.zeros(len(idx), dtype=torch.long))
-            mine = slice(self.rank, None, self.world)
+                        else torch.zeros(len(idx), dtype=torch.long))[mine]
+                shifts = self.views.view_shifts(view, idx[mine])
             idx = idx[mine]
-            batch = {"y": self.y[idx].to(device)}
-            if self.views is None:
-                x = apply_shifts(self.x[idx], shifts[mine] if shifts else None)
-            else:
-                shifts, logits = self.views.lookup(view[mine], idx)
-                batch["teacher_logits"] = logits.to(device)
-                x = apply_shifts(self.x[idx], shifts)
+            x = apply_shifts(self.x[idx], shifts)
+            batch = {"y": self.y[idx].to(device), "idx": idx, "view": view}
             yield x.to(device, non_blocking=True).float().div_(255), batch
 
 
@@ -115,15 +112,15 @@ def fit(
     precision: str = "fp32",
     resume: ResumeState | None = None,
     on_epoch: Callable[[dict], None] | None = None,
-    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    teacher: ViewCache | LiveTeacher | None = None,
 ) -> list[dict]:
     """Train `model` for cfg.epochs; return one dict of metrics per epoch.
 
     Under torchrun every rank calls this with its own shard of `batches`; the
     returned metrics are over all ranks, and only rank 0 prints and saves the
     resume state. `precision` is a resolved one (kd.device.resolve_precision).
-    `on_epoch` runs on every rank. `teacher`, if given, maps each
-    training batch to its teacher logits (live KD).
+    `on_epoch` runs on every rank. `teacher`, if given, gives each training
+    batch its teacher logits (cached views or the live teacher).
     """
     model.to(device)
     net = distributed.wrap(model, device)  # trains; `model` is the plain module inside
@@ -149,7 +146,7 @@ def fit(
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if main else True)
         for step, (x, batch) in enumerate(bar):
             if teacher is not None:
-                batch["teacher_logits"] = teacher(x)
+                batch["teacher_logits"] = teacher.logits_for(x, batch["idx"], batch["view"])
             with autocast(device, precision):
                 logits = net(x)
             loss = loss_fn(logits.float(), batch)

@@ -1,0 +1,126 @@
+"""What every stage script shares: validated params, timing, clear failures,
+and the stage's MLflow run. It records and times what the library computes
+and is no stage's dependency: changing it reruns nothing."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from kd import distributed
+from kd.declared import declared_params, dvc_stage, stage_outputs
+from kd.device import describe, pick_device, seed_everything
+from kd.errors import UserError
+from kd.files import remove_stale_tmp, write_json
+from kd.params import Params, ParamsError, load_params, project_root
+from kd.paths import curve_file, metrics_file, timing_file
+from kd.splits import load_split
+from kd_runs.tracking import Tracker
+
+if TYPE_CHECKING:  # not a runtime import, so not a dep of every stage
+    from kd.resume import ResumeState
+
+
+class ParamsChangedError(UserError):
+    """params.yaml changed while the stage ran."""
+
+
+@dataclass
+class StageRun:
+    """One run of a stage: kd.training.StageContext plus its MLflow run."""
+    name: str
+    params: Params
+    device: torch.device
+    tracking: Tracker
+    started: float = field(default_factory=time.perf_counter)
+    resume: ResumeState | None = None  # removed last, once every output is written
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def on_epoch(self, row: dict) -> None:
+        self.tracking.log_epoch(row)  # a no-op on ranks other than 0, which never start tracking
+
+    def track_model(self, role: str, model, history: list[dict]) -> None:
+        """The trained model in the stage's MLflow run: curves, the precision and hardware
+        it trained on, the model itself."""
+        if not self.tracking.active:
+            return
+        self.tracking.log_history(history)  # MLflow charts the curves from these
+        summary = json.loads(metrics_file(role).read_text())
+        self.tracking.set_tags({k: v for k, v in summary.items() if isinstance(v, str)})
+        self.tracking.log_artifact(curve_file(role), "curves")
+        self.tracking.log_model(model, role, load_split("val")[0][:4])
+
+
+@contextmanager
+def stage(name: str, *, ddp: bool = False):
+    """Run a stage; with ddp=True it may train under torchrun (see kd.distributed)."""
+    tag = f"{name} rank {distributed.rank()}" if distributed.launched() else name
+    tracking = Tracker(name)
+    try:
+        params = load_params()
+        if distributed.launched() and not ddp:
+            raise distributed.LaunchError(f"stage {name} does not run under torchrun; start it with plain python")
+        if ddp and params.distributed.processes > 1 and not distributed.launched():
+            distributed.relaunch_under_torchrun(params.distributed.processes)  # does not return
+        seed_everything(params.seed)
+        if distributed.is_main():  # one MLflow run per stage, not one per rank
+            remove_leftovers(name)
+            tracking.start(params)  # never raises; a tracking failure only warns
+        run = StageRun(name, params, distributed.init(pick_device()), tracking)
+        if distributed.is_main():
+            print(f"[{name}] device={describe(run.device)} processes={distributed.world_size()} "
+                  f"torch={torch.__version__}", flush=True)
+        yield run
+        if distributed.is_main():
+            check_params_unchanged(name, params)
+            # Wall time lives apart from the accuracy metrics, which must be bit-identical across reruns.
+            seconds = run.seconds
+            write_json(timing_file(name), {"seconds": round(seconds, 1)})
+            tracking.end("FINISHED", seconds=seconds)
+            # Last: a failure anywhere above reruns from this state, not from scratch.
+            if run.resume:
+                run.resume.clear()
+            print(f"[{name}] finished in {seconds:.1f}s", flush=True)
+    except UserError as e:
+        print(f"[{tag}] error: {e}", file=sys.stderr, flush=True)
+        tracking.end("FAILED")
+        sys.exit(2)
+    except BaseException as e:
+        tracking.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    finally:
+        distributed.shutdown()
+
+
+def remove_leftovers(name: str) -> None:
+    """Temp files of killed processes in .resume/ and beside the stage's outputs."""
+    outs = stage_outputs(dvc_stage(name))
+    dirs = {project_root() / ".resume", *(p.parent for p in outs), *(p for p in outs if p.is_dir())}
+    for d in sorted(d for d in dirs if d.is_dir()):
+        for tmp in remove_stale_tmp(d):
+            print(f"[{name}] removed {tmp}, left by a killed run", flush=True)
+
+
+def check_params_unchanged(name: str, params: Params) -> None:
+    """DVC hashes params.yaml after the stage exits and files the outputs under
+    those values (in dvc.lock and the run-cache): they must still be the ones
+    the stage ran with."""
+    try:
+        now = load_params()
+    except (ParamsError, OSError, ValueError) as e:  # ValueError: not UTF-8
+        raise ParamsChangedError(f"params.yaml changed while the stage ran and cannot be read now ({e}); "
+                                 "its outputs are not recorded") from None
+    before, after = declared_params(name, params), declared_params(name, now)
+    changed = [f"{k}: {before.get(k, '(none)')} -> {after.get(k, '(none)')}"
+               for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
+    if changed:
+        raise ParamsChangedError(f"params.yaml changed while the stage ran ({'; '.join(changed)}); its outputs "
+                                 "are for the old values and are not recorded; run `dvc repro` again")
