@@ -4,12 +4,12 @@ import _bootstrap  # noqa: F401
 
 from kd.checkpoint import load_model
 from kd.datasets import DATASETS
-from kd.evaluate import confusion_rows, predict, report
-from kd.figures import confusion_matrix
+from kd.evaluate import confusion_rows, predict, reliability_rows, report
+from kd.figures import confusion_matrix, reliability_diagram
 from kd.files import write_csv, write_json
 from kd.model_cost import model_cost, model_latency
 from kd.models import count_params
-from kd.paths import METRICS, model_file
+from kd.paths import METRICS, model_file, split_file
 from kd.stage import load_split, stage
 
 ROLES = ("teacher", "baseline", "student")  # teacher first: the others are compared with it
@@ -18,9 +18,11 @@ with stage("evaluate") as run:
     p = run.params
     info = DATASETS[p.data.dataset]
     x, y = load_split("test")
+    test = (split_file("test"), f"{p.data.dataset}-test")
+    run.tracking.log_data_input(test[0], test[1], "evaluation", profile={"images": len(y)})
     # The omitted-class bias is fit on validation images only; the test set only reports it.
     val_x, val_y = load_split("val") if p.omit_classes else (None, None)
-    results, cost, latency = {}, {}, {}
+    results, cost, latency, logged = {}, {}, {}, {}
     for role in ROLES:
         model, _ = load_model(model_file(role))
         model = model.to(run.device)
@@ -36,10 +38,14 @@ with stage("evaluate") as run:
                    for c, a in summary.pop("per_class_accuracy").items()])
         results[role] = {**summary, "params": count_params(model)}
         write_csv(METRICS / "confusion" / f"{role}.csv", confusion_rows(logits, y, info.classes))
+        reliability = reliability_rows(logits, y)
+        write_csv(METRICS / "calibration" / f"{role}.csv", reliability)
         cost[role] = model_cost(model, info.shape)
         latency[role] = model_latency(model, info.shape)
         run.tracking.log_figure(lambda: confusion_matrix(logits, y, info.classes, f"{role}, test set"),
                                 f"confusion/{role}.png")
+        run.tracking.log_figure(lambda: reliability_diagram(reliability, f"{role}, test set"),
+                                f"calibration/{role}.png")
         print(f"{role:9s} test accuracy {summary['accuracy']:.4f} ({summary['errors']} errors), "
               f"{cost[role]['macs']:,} MACs, {latency[role]['cpu_ms_per_image_batch1']:.3f} ms/image on CPU")
         fid = (f", top-1 agreement with the teacher {summary['agreement']:.4f}, "
@@ -50,6 +56,12 @@ with stage("evaluate") as run:
             print(f"{role:9s} bias {fixed['bias']:+.4f} on omitted classes {list(p.omit_classes)} (fit on val): "
                   f"test accuracy {summary['accuracy']:.4f} -> {fixed['accuracy']:.4f}, "
                   f"omitted classes {summary['omitted_accuracy']:.4f} -> {fixed['omitted_accuracy']:.4f}")
+        # The test numbers on the MLflow model of this checkpoint (its page shows them).
+        logged[role] = run.tracking.model_metrics(model_file(role), role, model, x[:4],
+                                                  {**results[role], **cost[role]}, dataset=test)
+    # The distilled student just evaluated becomes the registry's candidate.
+    run.tracking.register(logged["student"], p.data.dataset, "student", alias="candidate",
+                          description="The distilled student of the kd pipeline; metrics are on the test set.")
     results["kd_gain"] = round(results["student"]["accuracy"] - results["baseline"]["accuracy"], 6)
     write_json(METRICS / "evaluate.json", results)
     # Size numbers are exact and stable; latency is a wall-clock measurement, kept apart

@@ -17,6 +17,10 @@ with stage("train_student", ddp=True) as run:
     views = load_soft_labels(SOFT_LABELS, teacher=model_file("teacher"), data=split_file("train"), n=len(y),
                              max_shift=p.student.jitter, flip=p.student.flip, mode=p.soft_labels.mode)
     x, y, keep = keep_classes(x, y, p.omit_classes)
+    # Lineage in MLflow: which teacher's soft labels (train and val splits: train_model).
+    run.tracking.log_data_input(SOFT_LABELS, f"{p.data.dataset}-soft-labels", "training",
+                                tags={"teacher_md5": file_md5(model_file("teacher")), "mode": p.soft_labels.mode})
+    run.tracking.log_model_input(model_file("teacher"))
     loss = partial(LOSSES["kd"], temperature=p.temperature, alpha=p.alpha)
     config = {"omit": p.omit_classes, "T": p.temperature, "alpha": p.alpha, "soft_labels": file_md5(SOFT_LABELS)}
     if views is not None:

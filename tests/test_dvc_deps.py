@@ -11,7 +11,7 @@ from conftest import REPO
 SRC = REPO / "src"
 # Recording only: they send params, metrics and models to MLflow and never change
 # a stage's outputs, so they stay outside the deps (changing them retrains nothing).
-RECORDING = {"kd_runs.tracking", "kd_runs.run_info"}
+RECORDING = {"kd_runs.tracking", "kd_runs.run_info", "kd_runs.registry"}
 
 
 def _module_file(module: str) -> Path:

@@ -14,3 +14,7 @@ def split_file(split: str) -> Path:
 
 def model_file(role: str) -> Path:
     return MODELS / f"{role}.pt"
+
+
+def onnx_file(role: str, suffix: str = "") -> Path:
+    return MODELS / f"{role}{suffix}.onnx"

@@ -124,11 +124,12 @@ def track_model(run: StageRun, role: str, model, history: list[dict], val_x) -> 
     if not tracking.active:
         return
     from kd.datasets import DATASETS
-    from kd.figures import learning_curve
     from kd.model_cost import model_cost
 
-    tracking.log_history(history)
+    tracking.log_history(history)  # MLflow charts the curves from these
     tracking.log_metrics(model_cost(model, DATASETS[run.params.data.dataset].shape))
-    tracking.log_figure(lambda: learning_curve(history, f"{role} ({run.name})"), f"{role}_learning_curve.png")
     tracking.log_artifact(METRICS / "curves" / f"{role}.csv", "curves")
-    tracking.log_model(model, role, val_x[:4])
+    dataset = run.params.data.dataset
+    tracking.log_data_input(split_file("train"), f"{dataset}-train", "training")
+    tracking.log_data_input(split_file("val"), f"{dataset}-val", "validation")
+    tracking.log_model(model, role, val_x[:4], file=model_file(role))
