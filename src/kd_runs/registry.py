@@ -48,7 +48,6 @@ def find_logged_model(client, experiment_id: str, path: Path):
 def register_version(client, name: str, model, run_id: str, alias: str, description: str):
     """A version of registered model `name` for this logged model (the existing one if it has
     one), with `alias` moved to it."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
@@ -56,13 +55,15 @@ def register_version(client, name: str, model, run_id: str, alias: str, descript
     except MlflowException as e:
         if e.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    existing = [v for v in client.search_model_versions(f"name = '{name}'") if v.model_id == model.model_id]
+    # The SQL store keeps a version's model only in its source, `models:/<model id>`.
+    existing = [v for v in client.search_model_versions(f"name = '{name}'") if v.source == model.model_uri]
     if existing:
         version = existing[0]
     else:
-        version = mlflow.register_model(f"models:/{model.model_id}", name,
-                                        tags={**{k: v for k, v in model.tags.items() if k.startswith("dvc_")},
-                                              "evaluated_in_run": run_id})
+        # What mlflow.register_model does for a models:/ URI, without its console messages.
+        version = client.create_model_version(
+            name, source=f"models:/{model.model_id}", run_id=model.source_run_id, model_id=model.model_id,
+            tags={**{k: v for k, v in model.tags.items() if k.startswith("dvc_")}, "evaluated_in_run": run_id})
     client.set_registered_model_alias(name, alias, version.version)
     return version
 
