@@ -1,0 +1,82 @@
+"""MLflow side of a `dvc repro`: the registered student, model metrics and lineage.
+Reads the tiny built project's store; changes nothing in it."""
+import json
+
+import pytest
+import torch
+
+from kd.files import file_md5, load_torch
+
+
+@pytest.fixture(scope="module")
+def store(built_project):
+    import mlflow
+    from mlflow import MlflowClient
+
+    proj, _ = built_project
+    uri = f"sqlite:///{proj}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("kd-mnist")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    first = [r for r in runs if "mlflow.parentRunId" not in r.data.tags][0]  # the first `dvc repro`
+    stages = {r.info.run_name: client.get_run(r.info.run_id) for r in runs  # get_run: with inputs
+              if r.data.tags.get("mlflow.parentRunId") == first.info.run_id}
+    return proj, client, exp, stages
+
+
+def test_the_candidate_student_loads_back_with_its_test_accuracy(store):
+    import mlflow.pytorch
+
+    proj, client, _, _ = store
+    version = client.get_model_version_by_alias("kd-mnist-student", "candidate")
+    model_id = version.source.removeprefix("models:/")
+    logged = client.get_logged_model(model_id)
+    assert logged.name == "student" and logged.tags["dvc_path"] == "models/student.pt"
+    test_metrics = {m.key: m.value for m in logged.metrics if m.dataset_name == "mnist-test"}
+    assert {"accuracy", "ece", "agreement", "kl_from_teacher", "errors"} <= set(test_metrics)
+    assert {"onnx.agreement", "onnx.max_abs_logit_diff", "onnx_int8.accuracy"} <= set(test_metrics)
+
+    model = mlflow.pytorch.load_model("models:/kd-mnist-student@candidate")
+    test = load_torch(proj / "data/prepared/test.pt")
+    with torch.no_grad():
+        pred = torch.cat([model(test["x"][i : i + 2000].float() / 255).argmax(1) for i in range(0, 10000, 2000)])
+    accuracy = round(int((pred == test["y"]).sum()) / len(pred), 6)
+    assert accuracy == pytest.approx(test_metrics["accuracy"], abs=1e-6)
+    if logged.tags["dvc_md5"] == file_md5(proj / "models/student.pt"):  # no experiment changed it since
+        assert accuracy == json.loads((proj / "metrics/evaluate.json").read_text())["student"]["accuracy"]
+
+
+def test_every_evaluated_model_carries_its_test_metrics(store):
+    proj, client, exp, _ = store
+    evaluate = json.loads((proj / "metrics/evaluate.json").read_text())
+    for role in ("teacher", "baseline", "student"):
+        models = client.search_logged_models(
+            [exp.experiment_id], filter_string=f"tags.dvc_md5 = '{file_md5(proj / 'models' / f'{role}.pt')}'")
+        assert models, role
+        metrics = {m.key: m.value for m in models[0].metrics if m.dataset_name == "mnist-test"}
+        assert metrics["accuracy"] == pytest.approx(evaluate[role]["accuracy"])
+        assert metrics["ece"] == pytest.approx(evaluate[role]["ece"])
+
+
+def test_training_runs_log_their_data_and_teacher_as_inputs(store):
+    proj, client, _, stages = store
+    md5 = {name: file_md5(proj / path) for name, path in (
+        ("mnist-train", "data/prepared/train.pt"), ("mnist-val", "data/prepared/val.pt"),
+        ("mnist-soft-labels", "data/soft_labels.pt"), ("mnist-test", "data/prepared/test.pt"))}
+
+    def inputs(stage):
+        return {d.dataset.name: (d.dataset.digest, {t.key: t.value for t in d.tags})
+                for d in stages[stage].inputs.dataset_inputs}
+
+    student = inputs("train_student")
+    assert {n: d for n, (d, _) in student.items()} == {n: md5[n] for n in ("mnist-train", "mnist-val",
+                                                                          "mnist-soft-labels")}
+    assert student["mnist-val"][1]["mlflow.data.context"] == "validation"
+    soft = student["mnist-soft-labels"][1]
+    assert soft["teacher_md5"] == file_md5(proj / "models/teacher.pt") and soft["dvc_path"] == "data/soft_labels.pt"
+    # The teacher's own logged model, as an input of the student's run.
+    teacher_model = stages["train_teacher"].outputs.model_outputs[0].model_id
+    assert [m.model_id for m in stages["train_student"].inputs.model_inputs] == [teacher_model]
+    assert {n: d for n, (d, _) in inputs("train_teacher").items()} == {n: md5[n] for n in ("mnist-train", "mnist-val")}
+    assert inputs("evaluate")["mnist-test"][0] == md5["mnist-test"]
