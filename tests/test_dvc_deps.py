@@ -78,3 +78,14 @@ def test_the_check_finds_a_module_left_out():
     assert {"kd.device", "kd.resume", "kd.soft_labels"} <= set(missing)
     assert "kd.models" not in missing and "kd_runs.tracking" not in missing
     assert missing_deps({**old, "deps": ["src/kd"]}) == ["stages/train_teacher.py"]
+
+
+def test_every_stage_says_what_it_does():
+    assert [name for name, stage in STAGES.items() if not stage.get("desc")] == []
+
+
+def test_the_artifacts_are_stage_outputs():
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    outs = {o if isinstance(o, str) else next(iter(o)) for s in spec["stages"].values() for o in s.get("outs", [])}
+    assert {a["path"] for a in spec["artifacts"].values()} <= outs
+    assert {a["type"] for a in spec["artifacts"].values()} == {"model"}

@@ -30,6 +30,8 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
         curve = (proj / f"metrics/curves/{role}.csv").read_text().splitlines()
         assert curve[0].startswith("epoch,") and len(curve) == 3  # header + 2 epochs
         assert len((proj / f"metrics/confusion/{role}.csv").read_text().splitlines()) == 10001
+        reliability = (proj / f"metrics/calibration/{role}.csv").read_text().splitlines()
+        assert reliability[0] == "confidence,accuracy" and 2 <= len(reliability) <= 16  # <= 15 bins
         assert 0 <= metrics[role]["ece"] <= 1
         assert "corrected" not in metrics[role]  # omit_classes is empty
     for role in ("baseline", "student"):  # fidelity to the teacher
@@ -41,6 +43,13 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
     assert cost["student"] == cost["baseline"] == {"macs": 784 * 800 + 800 * 800 + 800 * 10, "params": 1_276_810}
     latency = json.loads((proj / "metrics/latency.json").read_text())
     assert all(latency[r]["cpu_ms_per_image_batch1"] > 0 for r in ("teacher", "baseline", "student"))
+    export = json.loads((proj / "metrics/export.json").read_text())
+    assert export["onnx"]["agreement"] == 1.0 and export["onnx"]["max_abs_logit_diff"] < 1e-4
+    assert export["onnx"]["accuracy"] == export["pytorch"]["accuracy"] == metrics["student"]["accuracy"]
+    assert export["onnx_int8"]["size_bytes"] < export["onnx"]["size_bytes"] / 3
+    assert (proj / "models/student.onnx").stat().st_size == export["onnx"]["size_bytes"]
+    onnx_latency = json.loads((proj / "metrics/export_latency.json").read_text())
+    assert all(onnx_latency[k]["cpu_ms_per_image_batch256"] > 0 for k in ("pytorch", "onnx", "onnx_int8"))
     assert sh([sys.executable, "-m", "dvc", "status"], proj).stdout.strip().endswith("up to date.")
 
 
