@@ -1,10 +1,13 @@
 """MLflow side of a `dvc repro`: the registered student, model metrics and lineage.
 Reads the tiny built project's store; changes nothing in it."""
 import json
+import os
+import shutil
 
 import pytest
 import torch
 
+from conftest import REPO
 from kd.files import file_md5, load_torch
 
 
@@ -80,3 +83,42 @@ def test_training_runs_log_their_data_and_teacher_as_inputs(store):
     assert [m.model_id for m in stages["train_student"].inputs.model_inputs] == [teacher_model]
     assert {n: d for n, (d, _) in inputs("train_teacher").items()} == {n: md5[n] for n in ("mnist-train", "mnist-val")}
     assert inputs("evaluate")["mnist-test"][0] == md5["mnist-test"]
+
+
+def test_mlflow_ui_shows_the_candidate_with_its_metrics(store, tmp_path):
+    """The registered student's model page in headless Chromium (as test_pipeline's UI test)."""
+    from system import require_apt
+
+    chromium = require_apt("chromium", "/usr/bin/chromium")
+    chromedriver = require_apt("chromium-driver", "/usr/bin/chromedriver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from mlflow_server import mlflow_server
+
+    proj, client, exp, _ = store
+    model_id = client.get_model_version_by_alias("kd-mnist-student", "candidate").source.removeprefix("models:/")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1500,1100"):
+        opts.add_argument(arg)
+    with mlflow_server(f"sqlite:///{proj}/mlflow.db", proj / "mlartifacts", tmp_path / "server.log") as server:
+        browser = webdriver.Chrome(service=Service(chromedriver), options=opts)
+        try:
+            browser.get(f"{server.url}/#/experiments/{exp.experiment_id}/models/{model_id}")
+            wait = WebDriverWait(browser, 90)
+            wait.until(lambda b: "kl_from_teacher" in b.find_element(By.TAG_NAME, "body").text)
+            for close in browser.find_elements(By.CSS_SELECTOR, 'button[aria-label="Close"]'):
+                close.click()  # the assistant side panel
+            page = browser.find_element(By.TAG_NAME, "body").text
+            shot = tmp_path / "mlflow-model.png"
+            browser.save_screenshot(str(shot))
+        finally:
+            browser.quit()
+    for text in ("student", "accuracy", "ece", "agreement", "mnist-test", "kd-mnist-student"):
+        assert text in page, text
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("KD_SAVE_SCREENSHOT"):  # refresh the README picture: docs/mlflow-model.png
+        shutil.copyfile(shot, REPO / "docs" / "mlflow-model.png")
