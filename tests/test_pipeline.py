@@ -45,7 +45,8 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
     assert all(latency[r]["cpu_ms_per_image_batch1"] > 0 for r in ("teacher", "baseline", "student"))
     export = json.loads((proj / "metrics/export.json").read_text())
     assert export["onnx"]["agreement"] == 1.0 and export["onnx"]["max_abs_logit_diff"] < 1e-4
-    assert export["onnx"]["accuracy"] == export["pytorch"]["accuracy"] == metrics["student"]["accuracy"]
+    assert export["onnx"]["accuracy"] == export["pytorch"]["accuracy"]  # both on the CPU
+    assert export["pytorch"]["accuracy"] == pytest.approx(metrics["student"]["accuracy"], abs=5e-4)  # evaluate: maybe a GPU
     assert export["onnx_int8"]["size_bytes"] < export["onnx"]["size_bytes"] / 3
     assert (proj / "models/student.onnx").stat().st_size == export["onnx"]["size_bytes"]
     onnx_latency = json.loads((proj / "metrics/export_latency.json").read_text())

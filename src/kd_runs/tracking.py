@@ -234,12 +234,12 @@ class Tracker:
         import torch
         from mlflow.models import infer_signature
 
+        from kd_runs.registry import model_tags
+
         model = model.cpu().eval()
         x = example.cpu().float().div(255).numpy()
         with torch.no_grad():
             y = model(torch.from_numpy(x)).numpy()
-        from kd_runs.registry import model_tags
-
         info = mlflow.pytorch.log_model(
             model, name=name, run_id=self.run_id, signature=infer_signature(x, y), input_example=x,
             # Listing them skips MLflow's inference, which re-imports the model in a subprocess.
