@@ -48,24 +48,22 @@ def find_logged_model(client, experiment_id: str, path: Path):
 def register_version(client, name: str, model, run_id: str, alias: str, description: str):
     """A version of registered model `name` for this logged model (the existing one if it has
     one), with `alias` moved to it."""
-    from mlflow.exceptions import MlflowException
+    import mlflow
 
-    try:
-        client.create_registered_model(name, description=description)
-    except MlflowException as e:
-        if e.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    # The SQL store keeps a version's model only in its source, `models:/<model id>`.
-    existing = [v for v in client.search_model_versions(f"name = '{name}'") if v.source == model.model_uri]
-    if existing:
-        version = existing[0]
+    versions = {m["name"]: m["version"] for m in json.loads(model.tags.get("mlflow.modelVersions", "[]"))}
+    if name in versions:
+        version = str(versions[name])
     else:
-        # What mlflow.register_model does for a models:/ URI, without its console messages.
-        version = client.create_model_version(
-            name, source=f"models:/{model.model_id}", run_id=model.source_run_id, model_id=model.model_id,
-            tags={**{k: v for k, v in model.tags.items() if k.startswith("dvc_")}, "evaluated_in_run": run_id})
-    client.set_registered_model_alias(name, alias, version.version)
-    return version
+        # mlflow.register_model creates the registered model if needed and links the version
+        # to the logged model (the model page lists it); it uses the global tracking URI,
+        # which Tracker set to this client's.
+        version = mlflow.register_model(model.model_uri, name, tags={
+            **{k: v for k, v in model.tags.items() if k.startswith("dvc_")}, "evaluated_in_run": run_id}).version
+        version = str(version)
+        if description and not client.get_registered_model(name).description:
+            client.update_registered_model(name, description=description)
+    client.set_registered_model_alias(name, alias, version)
+    return client.get_model_version(name, version)
 
 
 def registered_model_name(dataset: str, role: str = "student") -> str:
