@@ -89,3 +89,11 @@ def test_the_artifacts_are_stage_outputs():
     outs = {o if isinstance(o, str) else next(iter(o)) for s in spec["stages"].values() for o in s.get("outs", [])}
     assert {a["path"] for a in spec["artifacts"].values()} <= outs
     assert {a["type"] for a in spec["artifacts"].values()} == {"model"}
+
+
+def test_the_poster_counts_no_stage_output_as_pipeline_code():
+    from kd_runs.poster import pipeline_code
+
+    code = pipeline_code(REPO)
+    assert "metrics/evaluate.json" not in code  # a dep of export_onnx, but a result
+    assert {"dvc.yaml", "src/kd", "stages/export_onnx.py"} <= set(code)
