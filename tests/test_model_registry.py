@@ -122,3 +122,53 @@ def test_mlflow_ui_shows_the_candidate_with_its_metrics(store, tmp_path):
     assert shot.stat().st_size > 10_000
     if os.environ.get("KD_SAVE_SCREENSHOT"):  # refresh the README picture: docs/mlflow-model.png
         shutil.copyfile(shot, REPO / "docs" / "mlflow-model.png")
+
+
+def test_model_metrics_and_registry_follow_the_checkpoint_md5(tmp_path, monkeypatch):
+    """Without DVC: the logged model of a checkpoint is found by its md5, a checkpoint no run
+    logged is logged by the evaluating run, and registering it again adds no version."""
+    import yaml
+
+    from kd.checkpoint import new_model, save_model
+    from kd.files import save_torch
+    from kd.params import Params
+    from kd_runs.tracking import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"]["mirror"] = None
+    params = Params.model_validate(raw)
+    example = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
+    models = {}
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models[seed] = new_model("mlp800", "mnist").eval()
+        save_model(tmp_path / f"student{seed}.pt", models[seed], arch="mlp800", dataset="mnist")
+    save_torch({"x": example}, tmp_path / "test.pt")
+
+    train = Tracker("train_student")
+    train.start(params)
+    trained = train.log_model(models[0], "student", example, file=tmp_path / "student0.pt")
+    train.end("FINISHED")
+    assert trained.tags["dvc_md5"] == file_md5(tmp_path / "student0.pt")
+
+    evaluate = Tracker("evaluate")
+    evaluate.start(params)
+    found = evaluate.model_metrics(tmp_path / "student0.pt", "student", models[0], example,
+                                   {"accuracy": 0.5, "corrected": {"accuracy": 0.75}},
+                                   dataset=(tmp_path / "test.pt", "mnist-test"))
+    assert found.model_id == trained.model_id
+    first = evaluate.register(found, "mnist", "student", alias="candidate")
+    again = evaluate.register(evaluate._client.get_logged_model(found.model_id), "mnist", "student",
+                              alias="candidate")
+    assert str(first.version) == str(again.version) == "1"
+    new = evaluate.model_metrics(tmp_path / "student1.pt", "student", models[1], example, {"accuracy": 0.25})
+    assert new.model_id != trained.model_id and new.source_run_id == evaluate.run_id
+    second = evaluate.register(new, "mnist", "student", alias="candidate")
+    client = evaluate._client
+    evaluate.end("FINISHED")
+    assert str(second.version) == "2"
+    assert str(client.get_model_version_by_alias("kd-mnist-student", "candidate").version) == "2"
+    metrics = {(m.key, m.dataset_name): m.value for m in client.get_logged_model(trained.model_id).metrics}
+    assert metrics[("accuracy", "mnist-test")] == 0.5 and metrics[("corrected.accuracy", "mnist-test")] == 0.75
