@@ -102,7 +102,8 @@ def test_mlflow_ui_shows_the_candidate_with_its_metrics(store, tmp_path):
     model_id = client.get_model_version_by_alias("kd-mnist-student", "candidate").source.removeprefix("models:/")
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1500,1100"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1500,1100"):
         opts.add_argument(arg)
     with mlflow_server(f"sqlite:///{proj}/mlflow.db", proj / "mlartifacts", tmp_path / "server.log") as server:
         browser = webdriver.Chrome(service=Service(chromedriver), options=opts)

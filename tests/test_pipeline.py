@@ -46,7 +46,8 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
     export = json.loads((proj / "metrics/export.json").read_text())
     assert export["onnx"]["agreement"] == 1.0 and export["onnx"]["max_abs_logit_diff"] < 1e-4
     assert export["onnx"]["accuracy"] == export["pytorch"]["accuracy"]  # both on the CPU
-    assert export["pytorch"]["accuracy"] == pytest.approx(metrics["student"]["accuracy"], abs=5e-4)  # evaluate: maybe a GPU
+    # evaluate may have run on a GPU
+    assert export["pytorch"]["accuracy"] == pytest.approx(metrics["student"]["accuracy"], abs=5e-4)
     assert export["onnx_int8"]["size_bytes"] < export["onnx"]["size_bytes"] / 3
     assert (proj / "models/student.onnx").stat().st_size == export["onnx"]["size_bytes"]
     onnx_latency = json.loads((proj / "metrics/export_latency.json").read_text())
