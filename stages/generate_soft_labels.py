@@ -15,6 +15,8 @@ from kd_runs.stage import stage
 with stage("generate_soft_labels") as run:
     p = run.params
     s, mode = p.student, p.soft_labels.mode
+    run.tracking.log_data_input(split_file("train"), f"{p.data.dataset}-train", "training")
+    run.tracking.log_model_input(model_file("teacher"))
     cache = None
     if mode == "cached":
         teacher, _ = load_model(model_file("teacher"))

@@ -3,6 +3,7 @@ from functools import partial
 
 from kd.declared import select
 from kd.device import resolve_precision
+from kd.files import file_md5
 from kd.losses import LOSSES
 from kd.paths import SOFT_LABELS, model_file, split_file
 from kd.soft_labels import teacher_signal
@@ -18,6 +19,10 @@ with stage("train_student", ddp=True) as run:
                              params=select(p, None), device=run.device,
                              precision=resolve_precision(p.teacher.precision, run.device))
     x, y, keep = keep_classes(x, y, p.omit_classes)
+    # Lineage in MLflow: which teacher's soft labels (train and val splits: train_model).
+    run.tracking.log_data_input(SOFT_LABELS, f"{p.data.dataset}-soft-labels", "training",
+                                tags={"teacher_md5": file_md5(model_file("teacher")), "mode": p.soft_labels.mode})
+    run.tracking.log_model_input(model_file("teacher"))
     loss = partial(LOSSES["kd"], temperature=p.temperature, alpha=p.alpha)
     model, history = train_model(run, "student", p.student, (x, y), loss, seed=p.seed, teacher=teacher.subset(keep))
     run.track_model("student", model, history)

@@ -164,6 +164,7 @@ CASES = [
      r"soft_labels.pt was made with other params: teacher\.precision="),
     ("soft-labels-missing", "train_student", remove("data/soft_labels.pt"), "data/soft_labels.pt: missing; run `dvc repro`"),
     ("checkpoint-truncated", "evaluate", truncate("models/student.pt"), "models/student.pt: unreadable"),
+    ("student-truncated-for-export", "export_onnx", truncate("models/student.pt"), "models/student.pt: unreadable"),
     ("prepared-split-truncated", "train_teacher", truncate("data/prepared/train.pt"), "data/prepared/train.pt: unreadable"),
     ("prepared-split-missing", "generate_soft_labels", remove("data/prepared/train.pt"), "data/prepared/train.pt: missing"),
     ("diverging-lr", "train_teacher", param("teacher.lr", 1e30), r"loss is (nan|inf) at epoch 1, batch \d+"),

@@ -30,12 +30,14 @@ def test_cached_views_pipeline_runs_end_to_end(project):
     assert json.loads((proj / "metrics/student.json").read_text())["train_samples"] == 300
     assert "source.json" in {p.name for p in (proj / "data/raw/cifar10").iterdir()}
     assert "2 views x 300 images" in out.stdout
+    export = json.loads((proj / "metrics/export.json").read_text())  # a conv net with batch norm
+    assert export["onnx"]["agreement"] == 1.0 and export["onnx"]["max_abs_logit_diff"] < 1e-3
 
 
 def test_live_mode_reruns_only_the_student_side(project):
     proj, _ = project
     out = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", "soft_labels.mode=live",
               "-S", "soft_labels.views=1"], proj)
-    assert stages_run(out) == {"check_params", "generate_soft_labels", "train_student", "evaluate"}
+    assert stages_run(out) == {"check_params", "generate_soft_labels", "train_student", "evaluate", "export_onnx"}
     metrics = json.loads((proj / "metrics/evaluate.json").read_text())
     assert 0 < metrics["student"]["accuracy"] <= 1

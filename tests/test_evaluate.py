@@ -185,3 +185,15 @@ def test_report_holds_calibration_fidelity_and_the_val_fitted_correction():
     assert "agreement" not in teacher_entry and "corrected" not in teacher_entry and "ece" in teacher_entry
     no_omission = report(test_logits, test_y, 10, [], teacher_logits=teacher, val=(val_logits, val_y))
     assert "corrected" not in no_omission and "omitted_accuracy" not in no_omission
+
+
+def test_reliability_rows_are_accuracy_and_mean_confidence_per_bin():
+    from kd.evaluate import reliability_rows
+
+    # Two classes; confidences 0.6, 0.6, 0.9, 0.9 (bins 9 and 14 of 15): first bin half right.
+    p = torch.tensor([0.6, 0.6, 0.9, 0.9], dtype=torch.float64)
+    logits = torch.stack([p.log(), (1 - p).log()], 1).float()
+    y = torch.tensor([0, 1, 0, 0])
+    rows = reliability_rows(logits, y)
+    assert [r["accuracy"] for r in rows] == [0.5, 1.0]
+    assert [r["confidence"] for r in rows] == pytest.approx([0.6, 0.9], abs=1e-6)

@@ -10,7 +10,7 @@ from conftest import REPO, sh, stages_run
 from kd.files import file_md5
 
 ALL_STAGES = {"check_params", "prepare", "train_teacher", "generate_soft_labels",
-              "train_baseline", "train_student", "evaluate"}
+              "train_baseline", "train_student", "evaluate", "export_onnx"}
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,8 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
         curve = (proj / f"metrics/curves/{role}.csv").read_text().splitlines()
         assert curve[0].startswith("epoch,") and len(curve) == 3  # header + 2 epochs
         assert len((proj / f"metrics/confusion/{role}.csv").read_text().splitlines()) == 10001
+        reliability = (proj / f"metrics/calibration/{role}.csv").read_text().splitlines()
+        assert reliability[0] == "confidence,accuracy" and 2 <= len(reliability) <= 16  # <= 15 bins
         assert 0 <= metrics[role]["ece"] <= 1
         assert "corrected" not in metrics[role]  # omit_classes is empty
     for role in ("baseline", "student"):  # fidelity to the teacher
@@ -41,6 +43,15 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
     assert cost["student"] == cost["baseline"] == {"macs": 784 * 800 + 800 * 800 + 800 * 10, "params": 1_276_810}
     latency = json.loads((proj / "metrics/latency.json").read_text())
     assert all(latency[r]["cpu_ms_per_image_batch1"] > 0 for r in ("teacher", "baseline", "student"))
+    export = json.loads((proj / "metrics/export.json").read_text())
+    assert export["onnx"]["agreement"] == 1.0 and export["onnx"]["max_abs_logit_diff"] < 1e-4
+    assert export["onnx"]["accuracy"] == export["pytorch"]["accuracy"]  # both on the CPU
+    # evaluate may have run on a GPU
+    assert export["pytorch"]["accuracy"] == pytest.approx(metrics["student"]["accuracy"], abs=5e-4)
+    assert export["onnx_int8"]["size_bytes"] < export["onnx"]["size_bytes"] / 3
+    assert (proj / "models/student.onnx").stat().st_size == export["onnx"]["size_bytes"]
+    onnx_latency = json.loads((proj / "metrics/export_latency.json").read_text())
+    assert all(onnx_latency[k]["cpu_ms_per_image_batch256"] > 0 for k in ("pytorch", "onnx", "onnx_int8"))
     assert sh([sys.executable, "-m", "dvc", "status"], proj).stdout.strip().endswith("up to date.")
 
 
@@ -85,7 +96,7 @@ def test_mlflow_has_a_parent_run_and_a_child_per_stage(project):
     assert teacher.data.metrics["macs"] == 784 * 1200 + 1200 * 1200 + 1200 * 10
     assert teacher.data.metrics["params"] == 2_395_210
     assert {a.path for a in client.list_artifacts(teacher.info.run_id)} >= {
-        "teacher_learning_curve.png", "metrics", "curves"}
+        "metrics", "curves"}
 
     evaluate = stages["evaluate"]
     test = json.loads((proj / "metrics/evaluate.json").read_text())
@@ -160,7 +171,7 @@ def test_temperature_change_reruns_only_the_distilled_student(project):
     soft = file_md5(proj / "data/soft_labels.pt")
     out = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", "temperature=5"], proj)
     # check_params reruns (it reads every param) but its marker is unchanged.
-    assert stages_run(out) == {"check_params", "train_student", "evaluate"}
+    assert stages_run(out) == {"check_params", "train_student", "evaluate", "export_onnx"}
     assert file_md5(proj / "models/teacher.pt") == before["teacher"]
     assert file_md5(proj / "models/baseline.pt") == before["baseline"]
     assert file_md5(proj / "data/soft_labels.pt") == soft
@@ -181,7 +192,7 @@ def test_exp_run_gets_its_own_parent_run(project):
     assert exp.info.run_name == exp_name and exp_name in sh([sys.executable, "-m", "dvc", "exp", "list"], proj).stdout
     assert exp.data.tags["dvc_baseline_rev"] == commit and exp.data.params["temperature"] == "5.0"
     stages = children[exp.info.run_id]
-    assert set(stages) == {"check_params", "train_student", "evaluate"}  # what actually ran
+    assert set(stages) == {"check_params", "train_student", "evaluate", "export_onnx"}  # what actually ran
     assert all(r.data.tags["dvc_exp_name"] == exp_name for r in stages.values())
 
 

@@ -17,7 +17,7 @@ from kd.files import file_md5
 from system import free_port, require_apt, stop, wait_for_port
 
 OUTPUTS = ["models/teacher.pt", "models/baseline.pt", "models/student.pt", "data/soft_labels.pt",
-           "data/prepared/train.pt", "data/params.ok"]
+           "data/prepared/train.pt", "data/params.ok", "models/student.onnx"]
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
        "OMP_NUM_THREADS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}

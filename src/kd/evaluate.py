@@ -146,3 +146,17 @@ def confusion_rows(logits: torch.Tensor, y: torch.Tensor, classes) -> list[dict]
     """One row per test image, the format of DVC's confusion-matrix template."""
     pred = logits.argmax(1).tolist()
     return [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(y.tolist(), pred)]
+
+
+def reliability_rows(logits: torch.Tensor, y: torch.Tensor, bins: int = 15) -> list[dict]:
+    """The reliability diagram of the top-1 prediction: for each non-empty one of `bins`
+    equal-width confidence bins, the mean confidence and the accuracy of its images
+    (scikit-learn's calibration_curve; the same bins as `ece`, up to which side of a bin
+    edge is closed)."""
+    from sklearn.calibration import calibration_curve
+
+    conf = logits.double().softmax(1).max(1).values.numpy()
+    right = (logits.argmax(1) == y).numpy()
+    accuracy, confidence = calibration_curve(right, conf, n_bins=bins, strategy="uniform", pos_label=True)
+    return [{"confidence": round(float(c), 6), "accuracy": round(float(a), 6)}
+            for c, a in zip(confidence, accuracy)]

@@ -91,6 +91,10 @@ def write_json(path: str | Path, obj: Any) -> None:
     _atomic(Path(path), lambda f: f.write(text.encode()))
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic(Path(path), lambda f: f.write(data))
+
+
 def write_csv(path: str | Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")

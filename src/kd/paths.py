@@ -30,3 +30,7 @@ def timing_file(stage: str) -> Path:
 def curve_file(role: str) -> Path:
     """metrics/curves/<role>.csv: per-epoch loss and accuracy of a trained model."""
     return METRICS / "curves" / f"{role}.csv"
+
+
+def onnx_file(role: str, suffix: str = "") -> Path:
+    return MODELS / f"{role}{suffix}.onnx"

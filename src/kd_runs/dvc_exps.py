@@ -80,9 +80,13 @@ def show(root: Path) -> list[Shown]:
 
 
 def pipeline_code(root: Path) -> list[str]:
-    """Git-tracked files the stages depend on (per dvc.yaml), plus dvc.yaml itself."""
+    """Git-tracked files the stages depend on (per dvc.yaml), plus dvc.yaml itself. Not the
+    git-tracked outputs of other stages that are deps too (export_onnx's metrics/evaluate.json):
+    they are results, which differ between experiments."""
     stages = parse_yaml((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
-    deps = {d for s in stages.values() for d in s.get("deps", [])}
+    outs = {o if isinstance(o, str) else next(iter(o))
+            for s in stages.values() for kind in ("outs", "metrics", "plots") for o in s.get(kind, [])}
+    deps = {d for s in stages.values() for d in s.get("deps", [])} - outs
     tracked = set(git(root, "ls-files", "--", *sorted(deps)).stdout.split())
     return sorted({d for d in deps if d in tracked or any(t.startswith(d.rstrip("/") + "/") for t in tracked)}
                   | {"dvc.yaml"})

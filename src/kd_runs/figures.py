@@ -1,4 +1,6 @@
-"""Pictures for the MLflow UI: learning curves and confusion matrices."""
+"""Pictures for the MLflow UI that it cannot chart from logged metrics: confusion
+matrices and reliability diagrams. (Learning curves it draws itself from the
+per-epoch metrics.)"""
 from __future__ import annotations
 
 import matplotlib
@@ -6,24 +8,6 @@ import matplotlib
 matplotlib.use("Agg")  # stages run headless
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-
-def learning_curve(history: list[dict], title: str):
-    epochs = [h["epoch"] for h in history]
-    fig, (loss, acc) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for split in ("train", "val"):
-        loss.plot(epochs, [h[f"{split}_loss"] for h in history], marker=".", label=split)
-        acc.plot(epochs, [h[f"{split}_acc"] for h in history], marker=".", label=split)
-    loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    for ax in (loss, acc):
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
 
 
 def confusion_matrix(logits: torch.Tensor, y: torch.Tensor, classes, title: str):
@@ -40,5 +24,17 @@ def confusion_matrix(logits: torch.Tensor, y: torch.Tensor, classes, title: str)
                         color="white" if i == j else "black")
     ax.set(xticks=range(n), yticks=range(n), xticklabels=classes, yticklabels=classes,
            xlabel="predicted", ylabel="actual", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(rows: list[dict], title: str):
+    """rows: kd.evaluate.reliability_rows."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", label="calibrated")
+    ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], marker="o", label="model")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="accuracy", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
     fig.tight_layout()
     return fig

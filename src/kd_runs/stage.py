@@ -18,7 +18,7 @@ from kd.device import describe, pick_device, seed_everything
 from kd.errors import UserError
 from kd.files import remove_stale_tmp, write_json
 from kd.params import Params, ParamsError, load_params, project_root
-from kd.paths import curve_file, metrics_file, timing_file
+from kd.paths import curve_file, metrics_file, model_file, split_file, timing_file
 from kd.splits import load_split
 from kd_runs.tracking import Tracker
 
@@ -56,7 +56,10 @@ class StageRun:
         summary = json.loads(metrics_file(role).read_text())
         self.tracking.set_tags({k: v for k, v in summary.items() if isinstance(v, str)})
         self.tracking.log_artifact(curve_file(role), "curves")
-        self.tracking.log_model(model, role, load_split("val")[0][:4])
+        dataset = self.params.data.dataset  # lineage: the splits it learnt from, by DVC md5
+        self.tracking.log_data_input(split_file("train"), f"{dataset}-train", "training")
+        self.tracking.log_data_input(split_file("val"), f"{dataset}-val", "validation")
+        self.tracking.log_model(model, role, load_split("val")[0][:4], file=model_file(role))
 
 
 @contextmanager

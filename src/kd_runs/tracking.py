@@ -23,9 +23,10 @@ import sys
 import time
 from pathlib import Path
 
+from kd.files import file_md5
 from kd.params import Params, project_root
-from kd_runs.run_info import (METRICS_DIR, dvc_stage, file_metrics, parent_name, run_tags, stage_metrics_files,
-                         stage_param_keys, stage_params)
+from kd_runs.run_info import (METRICS_DIR, dvc_stage, file_metrics, numeric_leaves, parent_name, run_tags,
+                         stage_metrics_files, stage_param_keys, stage_params)
 
 # Set before mlflow is imported; the user's own environment wins. MLflow's
 # defaults (120 s timeout, 7 retries with exponential backoff) would stall a
@@ -316,23 +317,95 @@ class Tracker:
         finally:
             plt.close(fig)
 
-    def log_model(self, model, name: str, example) -> None:
+    def log_model(self, model, name: str, example, file: Path | None = None):
         """An MLflow pytorch model with signature and input example. MLflow saves
-        it as a torch.export program, so loading it needs no code from this repo."""
+        it as a torch.export program, so loading it needs no code from this repo.
+        `file`: the checkpoint it was saved to, whose md5 the model is tagged with
+        (kd_runs.registry). Returns the LoggedModel, or None."""
         if self.active:
-            self._guard(f"logging model {name}", self._log_model, model, name, example)
+            return self._guard(f"logging model {name}", self._log_model, model, name, example, file)
+        return None
 
-    def _log_model(self, model, name: str, example) -> None:
+    def _log_model(self, model, name: str, example, file: Path | None = None):
         import mlflow.pytorch
         import torch
         from mlflow.models import infer_signature
+
+        from kd_runs.registry import model_tags
 
         model = model.cpu().eval()
         x = example.cpu().float().div(255).numpy()
         with torch.no_grad():
             y = model(torch.from_numpy(x)).numpy()
-        mlflow.pytorch.log_model(
+        info = mlflow.pytorch.log_model(
             model, name=name, run_id=self.run_id, signature=infer_signature(x, y), input_example=x,
             # Listing them skips MLflow's inference, which re-imports the model in a subprocess.
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            tags=model_tags(file) if file is not None else None,
         )
+        return self._client.get_logged_model(info.model_id)
+
+    # Lineage and registry (kd_runs.registry) -----------------------------------
+
+    def log_data_input(self, path: Path, name: str, context: str, profile: dict | None = None,
+                       tags: dict | None = None) -> None:
+        """A DVC-tracked file the stage reads, as an MLflow dataset input (digest = DVC md5)."""
+        if self.active:
+            from kd_runs.registry import dataset_input
+
+            self._guard(f"logging input {path}", lambda: self._client.log_inputs(
+                self.run_id, datasets=[dataset_input(path, name, context, profile, tags)]))
+
+    def log_model_input(self, path: Path) -> None:
+        """The logged model saved from checkpoint `path` (e.g. the teacher), as an input of this run."""
+        if self.active:
+            self._guard(f"logging model input {path}", self._log_model_input, path)
+
+    def _log_model_input(self, path: Path) -> None:
+        from mlflow.entities import LoggedModelInput
+
+        from kd_runs.registry import find_logged_model
+
+        found = find_logged_model(self._client, self._experiment_id(), path)
+        if found is not None:
+            self._client.log_inputs(self.run_id, models=[LoggedModelInput(found.model_id)])
+
+    def _experiment_id(self) -> str:
+        return self._client.get_run(self.run_id).info.experiment_id
+
+    def model_metrics(self, path: Path, name: str, model, example, metrics: dict[str, float],
+                      dataset: tuple[Path, str] | None = None):
+        """Attach metrics to the logged model of checkpoint `path` (logged from this run when no
+        run logged it yet, e.g. it was trained with tracking off), measured on dataset =
+        (file, name). Returns the LoggedModel, or None."""
+        if self.active:
+            return self._guard(f"attaching metrics to model {name}", self._model_metrics, path, name, model,
+                               example, metrics, dataset)
+        return None
+
+    def _model_metrics(self, path, name, model, example, metrics, dataset):
+        from mlflow.entities import Metric
+
+        from kd_runs.registry import find_logged_model
+
+        found = find_logged_model(self._client, self._experiment_id(), path)
+        if found is None:
+            found = self._log_model(model, name, example, path)
+        data = {}
+        if dataset is not None:
+            data = {"dataset_name": dataset[1], "dataset_digest": file_md5(dataset[0])}
+        now = int(time.time() * 1000)
+        batch = [Metric(k, v, now, 0, model_id=found.model_id, **data) for k, v in numeric_leaves(metrics).items()]
+        for i in range(0, len(batch), 1000):
+            self._client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+        return found
+
+    def register(self, model, dataset: str, role: str, alias: str, description: str = ""):
+        """Register logged `model` as a version of kd-<dataset>-<role> and point `alias` at it."""
+        if self.active and model is not None:
+            from kd_runs.registry import register_version, registered_model_name
+
+            name = registered_model_name(dataset, role)
+            return self._guard(f"registering {name}", register_version, self._client, name, model,
+                               self.run_id, alias, description)
+        return None

@@ -1,0 +1,34 @@
+"""Stage export_onnx: the distilled student as ONNX (and an int8 copy), checked
+with onnxruntime against PyTorch on the whole test set."""
+from kd.checkpoint import load_model
+from kd.datasets import DATASETS
+from kd.export import check_export, export_latency, export_onnx, quantize_int8
+from kd.files import write_json
+from kd.paths import METRICS, model_file, onnx_file, split_file
+from kd.splits import load_split
+from kd_runs.stage import stage
+
+with stage("export_onnx") as run:
+    model, ckpt = load_model(model_file("student"))
+    shape = DATASETS[ckpt["dataset"]].shape
+    fp32, int8 = onnx_file("student"), onnx_file("student", ".int8")
+    export_onnx(model, shape, fp32)
+    quantize_int8(fp32, int8)
+    x, y = load_split("test")
+    check = check_export(model, fp32, int8, x, y)
+    # Exact numbers here; wall-clock ones apart, so a rerun leaves export.json identical.
+    write_json(METRICS / "export.json", check)
+    latency = export_latency(model, {"onnx": fp32, "onnx_int8": int8}, shape)
+    write_json(METRICS / "export_latency.json", latency)
+    for name in ("onnx", "onnx_int8"):
+        c, ms = check[name], latency[name]
+        print(f"{name:9s} {c['size_bytes'] / 1e6:.2f} MB, test accuracy {c['accuracy']:.4f} "
+              f"(PyTorch {check['pytorch']['accuracy']:.4f}), top-1 agreement with PyTorch {c['agreement']:.4f}, "
+              f"max |logit diff| {c['max_abs_logit_diff']:.2g}, {ms['cpu_ms_per_image_batch1']:.3f} ms/image "
+              f"at batch 1 (PyTorch {latency['pytorch']['cpu_ms_per_image_batch1']:.3f})")
+    run.tracking.log_artifact(fp32, "onnx")
+    run.tracking.log_artifact(int8, "onnx")
+    # On the student's MLflow model page, beside its test metrics: onnx.agreement, ...
+    run.tracking.model_metrics(model_file("student"), "student", model, x[:4],
+                               {k: v for k, v in check.items() if k != "pytorch"},
+                               dataset=(split_file("test"), f"{ckpt['dataset']}-test"))
