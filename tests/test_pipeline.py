@@ -93,8 +93,9 @@ def test_mlflow_has_a_parent_run_and_a_child_per_stage(project):
         "seed", "soft_labels.mode", "soft_labels.views", "student.jitter", "student.flip", "teacher.precision"}
     curve = [m.step for m in client.get_metric_history(teacher.info.run_id, "val_acc")]
     assert curve == [1, 2]
-    assert teacher.data.metrics["macs"] == 784 * 1200 + 1200 * 1200 + 1200 * 10
-    assert teacher.data.metrics["params"] == 2_395_210
+    # Size numbers come from evaluate (model_cost.json); training runs say what ran them.
+    assert teacher.data.tags["precision"] in ("fp32", "bf16") and teacher.data.tags["cpu_capability"]
+    assert teacher.data.metrics["teacher/epochs"] == 2
     assert {a.path for a in client.list_artifacts(teacher.info.run_id)} >= {
         "metrics", "curves"}
 
