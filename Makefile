@@ -19,8 +19,10 @@ $(STAMP): requirements.txt
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# Then the run's numbers as reports/default-run.md.
 repro: $(STAMP)
 	dvc repro
+	PYTHONPATH=src python -m kd_runs.summary
 
 # Every experiment of the poster as DVC experiments, then reports/poster.md.
 # Options: make poster ARGS="--parts mnist --seeds 0 1 2 3" (see python -m kd_runs.poster --help).
