@@ -41,7 +41,8 @@ from kd.datasets import DATASETS, fetch_cifar10
 from kd.device import autocast, pick_device, prepare_model, resolve_precision
 from kd.files import InputFileError
 from kd.losses import LOSSES
-from kd.params import TrainParams, parse_yaml
+from kd.dvc_yaml import parse_yaml
+from kd.params import TrainParams
 from kd.predict import predict
 from kd.soft_labels import LiveTeacher, ViewCache, teacher_view_logits, view_shifts
 from kd.train import TensorBatches, fit, make_optimizer
@@ -106,12 +107,11 @@ def common_recipe(student, teacher, x, y, cfg, loss_fn, device, workers) -> floa
     return time.perf_counter() - t0
 
 
-def ours(student, x, y, cfg, loss_fn, device, views=None, teacher=None) -> float:
-    precision = resolve_precision(cfg.precision, device)
-    student = prepare_model(student, precision)
-    batches = TensorBatches(x, y, cfg.batch_size, seed=0, jitter=4, flip=True, views=views)
+def ours(student, x, y, cfg, loss_fn, device, teacher) -> float:
+    student = prepare_model(student, resolve_precision(cfg.precision, device))
+    batches = TensorBatches(x, y, cfg.batch_size, seed=0, jitter=4, flip=True, teacher=teacher)
     t0 = time.perf_counter()
-    fit(student, batches, (x[:10], y[:10]), loss_fn, cfg, device=device, precision=precision, teacher=views or teacher)
+    fit(student, batches, (x[:10], y[:10]), loss_fn, cfg, device=device)
     return time.perf_counter() - t0
 
 
@@ -199,11 +199,11 @@ def main():
     cache_sec = time.perf_counter() - t0
     ours_cfg = TrainParams(**{**base, "precision": fast})
     m = fresh()
-    rows["ours"] = (ours(m, x, y, ours_cfg, loss_fn, device, views=cache), acc(m, fast))
+    rows["ours"] = (ours(m, x, y, ours_cfg, loss_fn, device, cache), acc(m, fast))
     if not args.skip_live:
         m = fresh()
         live = LiveTeacher(teacher_fast, device, fast)
-        rows["ours-live"] = (ours(m, x, y, ours_cfg, loss_fn, device, teacher=live), acc(m, fast))
+        rows["ours-live"] = (ours(m, x, y, ours_cfg, loss_fn, device, live), acc(m, fast))
 
     epochs = args.epochs or 1
     head = f"test acc ({n_test})" if args.epochs else "short-run acc"

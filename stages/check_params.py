@@ -4,7 +4,8 @@ Every stage depends on the marker this writes; its content never changes, so
 a valid edit reruns only the stages whose own params changed.
 """
 from kd.files import write_json
+from kd.paths import PARAMS_OK
 from kd_runs.stage import stage
 
 with stage("check_params"):
-    write_json("data/params.ok", {"params.yaml": "valid"})
+    write_json(PARAMS_OK, {"params.yaml": "valid"})

@@ -7,7 +7,7 @@ from kd.evaluate import confusion_rows, reliability_rows, report
 from kd.files import write_csv, write_json
 from kd.model_cost import model_cost, model_latency
 from kd.models import count_params
-from kd.paths import METRICS, model_file, split_file
+from kd.paths import metrics_file, model_file, plot_file, split_file
 from kd.predict import predict
 from kd.splits import load_split
 from kd_runs.figures import confusion_matrix, reliability_diagram
@@ -37,13 +37,13 @@ with stage("evaluate") as run:
         else:
             val = (predict(model, val_x, device=run.device), val_y) if p.omit_classes else None
             summary = report(logits, y, info.num_classes, p.omit_classes, teacher_logits=teacher_logits, val=val)
-        write_csv(METRICS / "per_class" / f"{role}.csv",
+        write_csv(plot_file("per_class", role),
                   [{"class": info.classes[int(c)], "accuracy": round(a, 4)}
                    for c, a in summary.pop("per_class_accuracy").items()])
         results[role] = {**summary, "params": count_params(model)}
-        write_csv(METRICS / "confusion" / f"{role}.csv", confusion_rows(logits, y, info.classes))
+        write_csv(plot_file("confusion", role), confusion_rows(logits, y, info.classes))
         reliability = reliability_rows(logits, y)
-        write_csv(METRICS / "calibration" / f"{role}.csv", reliability)
+        write_csv(plot_file("calibration", role), reliability)
         cost[role] = model_cost(model, info.shape)
         latency[role] = model_latency(model, info.shape)
         run.tracking.log_figure(lambda: confusion_matrix(logits, y, info.classes, f"{role}, test set"),
@@ -68,8 +68,8 @@ with stage("evaluate") as run:
                           description="The distilled student of the kd pipeline; metrics are on the test set.")
     results["kd_gain"] = round(results["student"]["accuracy"] - results["baseline"]["accuracy"], 6)
     results["hardware"] = hardware_info(run.device, "fp32")
-    write_json(METRICS / "evaluate.json", results)
+    write_json(metrics_file("evaluate"), results)
     # Size numbers are exact and stable; latency is a wall-clock measurement, kept apart
     # so that a rerun leaves model_cost.json byte-identical.
-    write_json(METRICS / "model_cost.json", cost)
-    write_json(METRICS / "latency.json", latency)
+    write_json(metrics_file("model_cost"), cost)
+    write_json(metrics_file("latency"), latency)

@@ -4,7 +4,7 @@ from kd.checkpoint import load_model
 from kd.datasets import DATASETS
 from kd.export import check_export, export_latency, export_onnx, quantize_int8
 from kd.files import write_json
-from kd.paths import METRICS, model_file, onnx_file, split_file
+from kd.paths import metrics_file, model_file, onnx_file, split_file
 from kd.splits import load_split
 from kd_runs.stage import stage
 
@@ -17,9 +17,9 @@ with stage("export_onnx") as run:
     x, y = load_split("test")
     check = check_export(model, fp32, int8, x, y)
     # Exact numbers here; wall-clock ones apart, so a rerun leaves export.json identical.
-    write_json(METRICS / "export.json", check)
+    write_json(metrics_file("export"), check)
     latency = export_latency(model, {"onnx": fp32, "onnx_int8": int8}, shape)
-    write_json(METRICS / "export_latency.json", latency)
+    write_json(metrics_file("export_latency"), latency)
     for name in ("onnx", "onnx_int8"):
         c, ms = check[name], latency[name]
         print(f"{name:9s} {c['size_bytes'] / 1e6:.2f} MB, test accuracy {c['accuracy']:.4f} "

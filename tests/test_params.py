@@ -7,7 +7,8 @@ import torch
 import yaml
 
 from conftest import REPO, sh, stages_run
-from kd.params import ParamsError, check_training_set, load_params, parse_yaml, project_root
+from kd.dvc_yaml import parse_yaml
+from kd.params import ParamsError, check_training_set, load_params, project_root
 
 
 def write(tmp_path, edit):

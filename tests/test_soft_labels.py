@@ -56,13 +56,12 @@ def test_student_batches_carry_the_logits_of_the_view_they_show(teacher, cifar_l
     x, y = cifar_like
     cache = make_cache(teacher, x)
     keep = y != 3  # omit_classes=[3]
-    signal = cache.subset(keep)
-    batches = TensorBatches(x[keep], y[keep], 8, seed=1, jitter=4, flip=True, views=signal)
+    batches = TensorBatches(x[keep], y[keep], 8, seed=1, jitter=4, flip=True, teacher=cache.subset(keep))
     seen_views = 0
     with torch.no_grad():
         for epoch in range(2):
             for xb, batch in batches.epoch(epoch, CPU):
-                assert torch.allclose(teacher(xb), signal.logits_for(xb, batch["idx"], batch["view"]), atol=1e-5)
+                assert torch.allclose(teacher(xb), batch["teacher_logits"], atol=1e-5)
                 seen_views += len(xb)
     assert seen_views == 2 * int(keep.sum())
 
@@ -78,8 +77,8 @@ def test_live_teacher_trains_a_student_on_the_batch_it_sees(teacher, cifar_like)
 
     cfg = TrainParams(arch="vgg8", epochs=1, batch_size=16, lr=0.05, jitter=4, flip=True)
     student = new_model("vgg8", "cifar10")
-    history = fit(student, TensorBatches(x, y, 16, seed=0, jitter=4, flip=True), (x[:8], y[:8]), loss, cfg,
-                  device=CPU, teacher=live)
+    history = fit(student, TensorBatches(x, y, 16, seed=0, jitter=4, flip=True, teacher=live), (x[:8], y[:8]), loss,
+                  cfg, device=CPU)
     assert len(seen) == 3 and seen[0].shape == (16, 10) and history[0]["train_loss"] > 0
 
 
@@ -130,12 +129,10 @@ def test_one_view_without_augmentation_is_the_clean_image(teacher, cifar_like):
 def test_ddp_ranks_split_a_cached_view_batch_exactly(teacher, cifar_like):
     x, y = cifar_like
     cache = make_cache(teacher, x, views=2)
-    whole = list(TensorBatches(x, y, 8, seed=3, jitter=4, flip=True, views=cache).epoch(0, CPU))
-    ranks = [list(TensorBatches(x, y, 8, seed=3, jitter=4, flip=True, views=cache, rank=r, world=2).epoch(0, CPU))
+    whole = list(TensorBatches(x, y, 8, seed=3, jitter=4, flip=True, teacher=cache).epoch(0, CPU))
+    ranks = [list(TensorBatches(x, y, 8, seed=3, jitter=4, flip=True, teacher=cache, rank=r, world=2).epoch(0, CPU))
              for r in range(2)]
     for i, (xb, batch) in enumerate(whole):
         for r in range(2):
             xr, br = ranks[r][i]
-            assert torch.equal(xr, xb[r::2])
-            assert torch.equal(cache.logits_for(xr, br["idx"], br["view"]),
-                               cache.logits_for(xb, batch["idx"], batch["view"])[r::2])
+            assert torch.equal(xr, xb[r::2]) and torch.equal(br["teacher_logits"], batch["teacher_logits"][r::2])

@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kd.dvc_yaml import parse_yaml
 from kd.files import file_md5
-from kd.params import PARAMS_FILE, Params, parse_yaml
+from kd.params import PARAMS_FILE, Params
 
 DVC_YAML = Path("dvc.yaml")
 

@@ -41,13 +41,17 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+_WARNED: set[str] = set()
+
+
 def resolve_precision(setting: str, device: torch.device) -> str:
     """The precision a stage actually trains and infers in: "fp32" or "bf16"."""
     if setting not in PRECISIONS:
         raise ValueError(f"precision {setting!r}: choose one of {PRECISIONS}")
     if setting == "auto":
         return "bf16" if native_bf16(device) else "fp32"
-    if setting == "bf16" and not native_bf16(device):
+    if setting == "bf16" and not native_bf16(device) and device.type not in _WARNED:
+        _WARNED.add(device.type)  # once per process, however often it is asked
         print(f"warning: precision bf16 on a {describe(device)} without native bf16 is emulated and "
               "typically several times slower than fp32; `precision: auto` would pick fp32",
               file=sys.stderr, flush=True)

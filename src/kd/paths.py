@@ -1,11 +1,14 @@
-"""Where each stage reads and writes; dvc.yaml declares the same paths."""
+"""Where each stage reads and writes: the one list of paths. dvc.yaml declares the
+same ones (tests/test_paths.py checks both ways)."""
 from pathlib import Path
 
+PARAMS_OK = Path("data/params.ok")  # check_params' marker: every stage depends on it
 RAW = Path("data/raw")
 PREPARED = Path("data/prepared")
 SOFT_LABELS = Path("data/soft_labels.pt")
 MODELS = Path("models")
 METRICS = Path("metrics")
+PLOT_KINDS = ("curves", "per_class", "confusion", "calibration")
 
 
 def split_file(split: str) -> Path:
@@ -27,9 +30,16 @@ def timing_file(stage: str) -> Path:
     return METRICS / "timing" / f"{stage}.json"
 
 
+def plot_file(kind: str, role: str) -> Path:
+    """metrics/<kind>/<role>.csv, a plot CSV: curves (per-epoch loss and accuracy of a
+    trained model), per_class (test accuracy), confusion, calibration (reliability)."""
+    if kind not in PLOT_KINDS:
+        raise ValueError(f"plot kind {kind!r}: one of {PLOT_KINDS}")
+    return METRICS / kind / f"{role}.csv"
+
+
 def curve_file(role: str) -> Path:
-    """metrics/curves/<role>.csv: per-epoch loss and accuracy of a trained model."""
-    return METRICS / "curves" / f"{role}.csv"
+    return plot_file("curves", role)
 
 
 def onnx_file(role: str, suffix: str = "") -> Path:

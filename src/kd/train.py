@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from kd import distributed
 from kd.augment import apply_shifts, draw_shifts
-from kd.device import autocast
+from kd.device import autocast, resolve_precision
 from kd.errors import UserError
 from kd.params import TrainParams
 from kd.predict import predict
@@ -46,10 +46,11 @@ class TensorBatches:
     flip: bool = False
     rank: int = 0
     world: int = 1
-    # Cached teacher views: each sample is shown as one of its K stored views
-    # instead of a fresh random shift (kd.soft_labels.load_soft_labels checked
+    # The teacher signal, if any: every batch then carries its teacher logits. Cached
+    # views also fix the augmentation: each sample is shown as one of its K stored
+    # views instead of a fresh random shift (kd.soft_labels.load_soft_labels checked
     # that they were drawn with this jitter and flip).
-    views: ViewCache | None = None
+    teacher: ViewCache | LiveTeacher | None = None
 
     def __post_init__(self):
         if self.batch_size % self.world:
@@ -60,7 +61,7 @@ class TensorBatches:
         return math.ceil(len(self.y) / self.batch_size)
 
     def epoch(self, epoch: int, device: torch.device):
-        """Yields (images as float in [0, 1], {"y", "idx": image indices, "view": cached view or None})."""
+        """Yields (images as float in [0, 1], {"y", "teacher_logits" with a teacher})."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(len(self.y), generator=g)
         pad = -len(order) % self.world
@@ -69,18 +70,20 @@ class TensorBatches:
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             # Same draws on every rank; each rank then takes its slice.
-            view = None
-            if self.views is None:
+            view, cache = None, self.teacher if isinstance(self.teacher, ViewCache) else None
+            if cache is None:
                 shifts = draw_shifts(len(idx), self.jitter, g, self.flip)
                 shifts = shifts[mine] if shifts else None
             else:
-                view = (torch.randint(0, self.views.views, (len(idx),), generator=g) if self.views.views > 1
+                view = (torch.randint(0, cache.views, (len(idx),), generator=g) if cache.views > 1
                         else torch.zeros(len(idx), dtype=torch.long))[mine]
-                shifts = self.views.view_shifts(view, idx[mine])
+                shifts = cache.view_shifts(view, idx[mine])
             idx = idx[mine]
-            x = apply_shifts(self.x[idx], shifts)
-            batch = {"y": self.y[idx].to(device), "idx": idx, "view": view}
-            yield x.to(device, non_blocking=True).float().div_(255), batch
+            x = apply_shifts(self.x[idx], shifts).to(device, non_blocking=True).float().div_(255)
+            batch = {"y": self.y[idx].to(device)}
+            if self.teacher is not None:
+                batch["teacher_logits"] = self.teacher.logits_for(x, idx, view)
+            yield x, batch
 
 
 def make_optimizer(model: nn.Module, cfg: TrainParams, steps: int):
@@ -109,20 +112,18 @@ def fit(
     cfg: TrainParams,
     *,
     device: torch.device,
-    precision: str = "fp32",
     resume: ResumeState | None = None,
     on_epoch: Callable[[dict], None] | None = None,
-    teacher: ViewCache | LiveTeacher | None = None,
 ) -> list[dict]:
     """Train `model` for cfg.epochs; return one dict of metrics per epoch.
 
     Under torchrun every rank calls this with its own shard of `batches`; the
     returned metrics are over all ranks, and only rank 0 prints and saves the
-    resume state. `precision` is a resolved one (kd.device.resolve_precision).
-    `on_epoch` runs on every rank. `teacher`, if given, gives each training
-    batch its teacher logits (cached views or the live teacher).
+    resume state. It computes in the precision cfg.precision resolves to on `device`.
+    `on_epoch` runs on every rank.
     """
     model.to(device)
+    precision = resolve_precision(cfg.precision, device)
     net = distributed.wrap(model, device)  # trains; `model` is the plain module inside
     main = distributed.is_main()
     opt, sched = make_optimizer(model, cfg, cfg.epochs * len(batches))
@@ -145,8 +146,6 @@ def fit(
         bar = tqdm(batches.epoch(epoch, device), total=len(batches), leave=False,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if main else True)
         for step, (x, batch) in enumerate(bar):
-            if teacher is not None:
-                batch["teacher_logits"] = teacher.logits_for(x, batch["idx"], batch["view"])
             with autocast(device, precision):
                 logits = net(x)
             loss = loss_fn(logits.float(), batch)

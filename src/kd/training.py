@@ -47,15 +47,14 @@ def train_model(ctx: StageContext, role: str, cfg: TrainParams, data: tuple[torc
     if distributed.is_main():
         print(f"[{ctx.name}] {role}: precision {precision} (params: {cfg.precision}) on {describe(ctx.device)}",
               flush=True)
-    views = teacher if isinstance(teacher, ViewCache) else None  # the cached views also fix the augmentation
-    batches = TensorBatches(x, y, cfg.batch_size, seed, jitter=cfg.jitter, flip=cfg.flip, views=views,
+    batches = TensorBatches(x, y, cfg.batch_size, seed, jitter=cfg.jitter, flip=cfg.flip, teacher=teacher,
                             rank=distributed.rank(), world=distributed.world_size())
     # Keyed on what dvc.yaml says the stage depends on: its params, data and code.
     ctx.resume = ResumeState(ctx.name, stage_fingerprint(ctx.name, p, sys.argv[0]))
     if distributed.is_main():
         ctx.resume.prune()
-    history = fit(model, batches, load_split("val"), loss_fn, cfg, device=ctx.device, precision=precision,
-                  resume=ctx.resume, on_epoch=ctx.on_epoch, teacher=teacher)
+    history = fit(model, batches, load_split("val"), loss_fn, cfg, device=ctx.device, resume=ctx.resume,
+                  on_epoch=ctx.on_epoch)
     if distributed.is_main():  # every rank holds the same weights; rank 0 writes
         save_model(model_file(role), model, arch=cfg.arch, dataset=p.data.dataset,
                    dropout=cfg.dropout, input_dropout=cfg.input_dropout)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from kd.params import parse_yaml
+from kd.dvc_yaml import parse_yaml
 from kd_runs.experiments import Experiment, PosterError
 from kd_runs.run_info import flatten
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from kd.params import parse_yaml
+from kd.dvc_yaml import parse_yaml
 
 from kd_runs.run_info import flatten  # {'teacher': {'lr': 0.1}} -> {'teacher.lr': 0.1}
 

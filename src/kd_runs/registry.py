@@ -10,9 +10,11 @@ DVC restored the checkpoint from its cache and nothing was trained this time.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from kd.files import file_md5
+from kd_runs.run_info import numeric_leaves
 
 CONTEXT_TAG = "mlflow.data.context"  # what the MLflow UI shows beside a dataset input
 
@@ -69,3 +71,63 @@ def register_version(client, name: str, model, run_id: str, alias: str, descript
 def registered_model_name(dataset: str, role: str = "student") -> str:
     """The registry entry of the distilled student, one per dataset: kd-mnist-student."""
     return f"kd-{dataset}-{role}"
+
+
+class LineageMixin:
+    """The Tracker's lineage and registry calls (kd_runs.tracking.Tracker mixes it in): each
+    goes through the tracker's `_guard`, so a failure costs one warning, never a result."""
+
+    def log_data_input(self, path: Path, name: str, context: str, profile: dict | None = None,
+                       tags: dict | None = None) -> None:
+        """A DVC-tracked file the stage reads, as an MLflow dataset input (digest = DVC md5)."""
+        if self.active:
+            self._guard(f"logging input {path}", lambda: self._client.log_inputs(
+                self.run_id, datasets=[dataset_input(path, name, context, profile, tags)]))
+
+    def log_model_input(self, path: Path) -> None:
+        """The logged model saved from checkpoint `path` (e.g. the teacher), as an input of this run."""
+        if self.active:
+            self._guard(f"logging model input {path}", self._log_model_input, path)
+
+    def _log_model_input(self, path: Path) -> None:
+        from mlflow.entities import LoggedModelInput
+
+        found = find_logged_model(self._client, self._experiment_id(), path)
+        if found is not None:
+            self._client.log_inputs(self.run_id, models=[LoggedModelInput(found.model_id)])
+
+    def _experiment_id(self) -> str:
+        return self._client.get_run(self.run_id).info.experiment_id
+
+    def model_metrics(self, path: Path, name: str, model, example, metrics: dict[str, float],
+                      dataset: tuple[Path, str] | None = None):
+        """Attach metrics to the logged model of checkpoint `path` (logged from this run when no
+        run logged it yet, e.g. it was trained with tracking off), measured on dataset =
+        (file, name). Returns the LoggedModel, or None."""
+        if self.active:
+            return self._guard(f"attaching metrics to model {name}", self._model_metrics, path, name, model,
+                               example, metrics, dataset)
+        return None
+
+    def _model_metrics(self, path, name, model, example, metrics, dataset):
+        from mlflow.entities import Metric
+
+        found = find_logged_model(self._client, self._experiment_id(), path)
+        if found is None:
+            found = self._log_model(model, name, example, path)
+        data = {}
+        if dataset is not None:
+            data = {"dataset_name": dataset[1], "dataset_digest": file_md5(dataset[0])}
+        now = int(time.time() * 1000)
+        batch = [Metric(k, v, now, 0, model_id=found.model_id, **data) for k, v in numeric_leaves(metrics).items()]
+        for i in range(0, len(batch), 1000):
+            self._client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+        return found
+
+    def register(self, model, dataset: str, role: str, alias: str, description: str = ""):
+        """Register logged `model` as a version of kd-<dataset>-<role> and point `alias` at it."""
+        if self.active and model is not None:
+            name = registered_model_name(dataset, role)
+            return self._guard(f"registering {name}", register_version, self._client, name, model,
+                               self.run_id, alias, description)
+        return None

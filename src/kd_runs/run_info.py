@@ -13,8 +13,9 @@ from typing import Any
 
 from kd.declared import dvc_stage, flatten, select, stage_param_keys  # noqa: F401 (re-exported)
 from kd.params import Params
+from kd.paths import METRICS
 
-METRICS_DIR = Path("metrics")
+METRICS_DIR = METRICS  # kd.paths
 
 
 def stage_metrics_files(spec: dict) -> list[Path]:

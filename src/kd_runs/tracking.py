@@ -23,116 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-from kd.files import file_md5
-from kd.params import Params, project_root
-from kd_runs.run_info import (METRICS_DIR, dvc_stage, file_metrics, numeric_leaves, parent_name, run_tags,
-                         stage_metrics_files, stage_param_keys, stage_params)
+from kd.params import Params
+from kd_runs.registry import LineageMixin
+from kd_runs.run_info import (METRICS_DIR, dvc_stage, file_metrics, parent_name, run_tags, stage_metrics_files,
+                              stage_param_keys, stage_params)
+from kd_runs.store import (ENV_DEFAULTS, HOST_TAG, PROCESS_TAG, HeldLogs, artifact_location,  # noqa: F401
+                           experiment_name, process_alive, this_process, tracking_enabled, tracking_uri)
 
-# Set before mlflow is imported; the user's own environment wins. MLflow's
-# defaults (120 s timeout, 7 retries with exponential backoff) would stall a
-# stage for many minutes on a dead server. Here, once per stage (measured on
-# the dev machine): 2.8 s when the connection is refused, 32.7 s when the
-# server accepts it but never answers (3 tries x 10 s, plus backoff).
-ENV_DEFAULTS = {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-}
-
-
-def repo_root() -> Path:
-    """The real repository, also for `dvc exp run --queue` runs in .dvc/tmp/exps
-    (DVC points DVC_ROOT of queued runs at the parent repo)."""
-    dvc_root = os.environ.get("DVC_ROOT")
-    return project_root(Path(dvc_root) if dvc_root else None)
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
-
-
-def artifact_location(uri: str) -> str | None:
-    """Artifacts of a SQLite store go next to the database file. MLflow's
-    default, ./mlruns of the current directory, would put those of a queued
-    experiment into its temporary copy, which DVC deletes. Servers and file
-    stores choose for themselves."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
-
-
-def experiment_name(params: Params) -> str:
-    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or f"kd-{params.data.dataset}"
-
-
-def tracking_enabled() -> bool:
-    return os.environ.get("KD_TRACKING", "1").lower() not in ("0", "false", "off", "no")
-
-
-# On each stage run, to tell a run whose process was killed from one still going.
-HOST_TAG = "kd.host"
-PROCESS_TAG = "kd.process"
-
-
-def this_process() -> str:
-    import psutil  # a dependency of dvc
-
-    me = psutil.Process()
-    return f"{me.pid}@{me.create_time()}"
-
-
-def process_alive(process: str) -> bool:
-    """Whether "pid@start_time" (this_process() of some process) still runs; the
-    start time tells a reused pid apart."""
-    import psutil
-
-    pid, _, started = process.partition("@")
-    try:
-        return abs(psutil.Process(int(pid)).create_time() - float(started)) < 0.01
-    except (psutil.Error, ValueError):
-        return False
-
-
-# --- the tracker ---------------------------------------------------------------
-
-class _HeldLogs(logging.Handler):
-    """Holds the log records of the libraries under MLflow during one call:
-    replayed if the call succeeds, dropped if it fails. A locked SQLite store
-    alone logs some 70 lines of ERROR and chained tracebacks before our one
-    warning, which says it all."""
-
-    # The loggers that print: MLflow gives the first four handlers of their own
-    # (mlflow.utils.logging_utils), urllib3 logs HTTP retries through the root.
-    LOGGERS = ("mlflow", "sqlalchemy.engine", "alembic", "huey", "urllib3")
-
-    def __init__(self):
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-        self._saved: list[tuple[logging.Logger, list[logging.Handler], bool]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def __enter__(self):
-        for name in self.LOGGERS:
-            log = logging.getLogger(name)
-            self._saved.append((log, log.handlers, log.propagate))
-            log.handlers, log.propagate = [self], False
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for log, handlers, propagate in self._saved:
-            log.handlers, log.propagate = handlers, propagate
-        self._saved.clear()
-
-    def replay(self) -> None:
-        for record in self.records:
-            logging.getLogger(record.name).handle(record)
-        self.records.clear()
-
-
-class Tracker:
+class Tracker(LineageMixin):
     """The MLflow child run of one stage; every method is a no-op once tracking is off."""
 
     def __init__(self, stage: str):
@@ -148,7 +46,7 @@ class Tracker:
         return self.run_id is not None
 
     def _guard(self, what: str, fn, *args, **kwargs):
-        held = _HeldLogs()
+        held = HeldLogs()
         try:
             import mlflow  # noqa: F401 - configures MLflow's loggers first, so that they are held below
             with held:
@@ -346,66 +244,3 @@ class Tracker:
         return self._client.get_logged_model(info.model_id)
 
     # Lineage and registry (kd_runs.registry) -----------------------------------
-
-    def log_data_input(self, path: Path, name: str, context: str, profile: dict | None = None,
-                       tags: dict | None = None) -> None:
-        """A DVC-tracked file the stage reads, as an MLflow dataset input (digest = DVC md5)."""
-        if self.active:
-            from kd_runs.registry import dataset_input
-
-            self._guard(f"logging input {path}", lambda: self._client.log_inputs(
-                self.run_id, datasets=[dataset_input(path, name, context, profile, tags)]))
-
-    def log_model_input(self, path: Path) -> None:
-        """The logged model saved from checkpoint `path` (e.g. the teacher), as an input of this run."""
-        if self.active:
-            self._guard(f"logging model input {path}", self._log_model_input, path)
-
-    def _log_model_input(self, path: Path) -> None:
-        from mlflow.entities import LoggedModelInput
-
-        from kd_runs.registry import find_logged_model
-
-        found = find_logged_model(self._client, self._experiment_id(), path)
-        if found is not None:
-            self._client.log_inputs(self.run_id, models=[LoggedModelInput(found.model_id)])
-
-    def _experiment_id(self) -> str:
-        return self._client.get_run(self.run_id).info.experiment_id
-
-    def model_metrics(self, path: Path, name: str, model, example, metrics: dict[str, float],
-                      dataset: tuple[Path, str] | None = None):
-        """Attach metrics to the logged model of checkpoint `path` (logged from this run when no
-        run logged it yet, e.g. it was trained with tracking off), measured on dataset =
-        (file, name). Returns the LoggedModel, or None."""
-        if self.active:
-            return self._guard(f"attaching metrics to model {name}", self._model_metrics, path, name, model,
-                               example, metrics, dataset)
-        return None
-
-    def _model_metrics(self, path, name, model, example, metrics, dataset):
-        from mlflow.entities import Metric
-
-        from kd_runs.registry import find_logged_model
-
-        found = find_logged_model(self._client, self._experiment_id(), path)
-        if found is None:
-            found = self._log_model(model, name, example, path)
-        data = {}
-        if dataset is not None:
-            data = {"dataset_name": dataset[1], "dataset_digest": file_md5(dataset[0])}
-        now = int(time.time() * 1000)
-        batch = [Metric(k, v, now, 0, model_id=found.model_id, **data) for k, v in numeric_leaves(metrics).items()]
-        for i in range(0, len(batch), 1000):
-            self._client.log_batch(self.run_id, metrics=batch[i : i + 1000])
-        return found
-
-    def register(self, model, dataset: str, role: str, alias: str, description: str = ""):
-        """Register logged `model` as a version of kd-<dataset>-<role> and point `alias` at it."""
-        if self.active and model is not None:
-            from kd_runs.registry import register_version, registered_model_name
-
-            name = registered_model_name(dataset, role)
-            return self._guard(f"registering {name}", register_version, self._client, name, model,
-                               self.run_id, alias, description)
-        return None
