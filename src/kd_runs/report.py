@@ -59,6 +59,15 @@ def scores(runs: list[Run], role: str, *key: str) -> list[float]:
     return out
 
 
+def hardware(runs: list[Run]) -> str:
+    """The precisions and CPU kinds the runs' models trained with, from their metrics files:
+    results are comparable bit for bit only within one of them."""
+    files = [metrics_file(role).as_posix() for role in ("teacher", "baseline", "student")]
+    seen = {f"{m[f].get('precision', 'precision not recorded')} on {m[f].get('cpu_capability', 'CPU not recorded')}"
+            for _, m in finished(runs) for f in files if f in m}
+    return "; ".join(sorted(seen)) or "not recorded"
+
+
 def kd_gain(runs: list[Run]) -> dict:
     return gain_test(scores(runs, "student", "accuracy"), scores(runs, "baseline", "accuracy"))
 
@@ -201,6 +210,8 @@ def cifar_section(runs: list[Run]) -> list[str]:
 def write_report(path: Path, runs: list[Run], *, header: list[str], temperatures) -> None:
     lines = ["# Knowledge distillation: the poster's experiments, rerun", "", *header, ""]
     parts = {e.part for e, _ in runs}
+    for part in sorted(parts):
+        lines += [f"Trained in ({part}): {hardware(of_part(runs, part))}.", ""]
     if "mnist" in parts:
         lines += mnist_section(runs, temperatures) + omit_section(runs)
     if "cifar" in parts:
