@@ -46,8 +46,9 @@ def test_second_repro_runs_nothing(bytecode_project):
 
 def test_temperature_experiment_retrains_only_the_student(bytecode_project):
     out = dvc("exp", "run", "-S", "temperature=5", proj=bytecode_project)
-    # check_params validates params.yaml (milliseconds) whenever it changes.
-    assert stages_run(out) == {"check_params", "train_student", "evaluate"}
+    # check_params validates params.yaml (milliseconds) whenever it changes; export_onnx
+    # follows the student.
+    assert stages_run(out) == {"check_params", "train_student", "evaluate", "export_onnx"}
 
 
 def test_queued_sweep_trains_no_teacher_and_no_baseline(bytecode_project):
@@ -68,4 +69,4 @@ def test_queued_sweep_trains_no_teacher_and_no_baseline(bytecode_project):
     assert len(names) == 2, status
     for name in names:
         logs = dvc("queue", "logs", name, proj=proj).stdout
-        assert stages_run(logs) == {"check_params", "train_student", "evaluate"}, (name, logs[-3000:])
+        assert stages_run(logs) == {"check_params", "train_student", "evaluate", "export_onnx"}, (name, logs[-3000:])

@@ -45,7 +45,8 @@ def set_param(proj, key, value):
 def env(**extra):
     base = {k: v for k, v in os.environ.items() if k not in ("DVC_ROOT", "MLFLOW_TRACKING_URI")}
     return {**base, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # `python` of dvc.yaml
-            "DVC_NO_ANALYTICS": "1", "KD_TRACKING": "0", "OMP_NUM_THREADS": "1", **extra}
+            "DVC_NO_ANALYTICS": "1", "KD_TRACKING": "0", "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": "src", **extra}  # as dvc.yaml's cmd lines set it, for stage scripts run directly
 
 
 def run_stage(proj, name, **extra):

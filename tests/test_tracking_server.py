@@ -147,7 +147,7 @@ def test_a_pipeline_stage_logs_to_the_server(mlflow_server, tmp_path):
     params["data"]["mirror"] = None
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copyfile(REPO / "dvc.yaml", proj / "dvc.yaml")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": url}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": url, "PYTHONPATH": str(REPO / "src")}  # as dvc.yaml's cmd
     out = subprocess.run([sys.executable, str(REPO / "stages/check_params.py")], cwd=proj, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
