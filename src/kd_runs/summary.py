@@ -23,7 +23,7 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def summary(note: str = "") -> str:
+def summary(notes: list[str] = ()) -> str:
     p = load_params()
     results = _read(metrics_file("evaluate"))
     if not results:
@@ -33,7 +33,7 @@ def summary(note: str = "") -> str:
              f"`params.yaml` (dataset {p.data.dataset}, T={p.temperature:g}, alpha={p.alpha:g}, seed {p.seed}, "
              f"teacher {p.teacher.arch} {p.teacher.epochs} epochs, student {p.student.arch} "
              f"{p.student.epochs} epochs).", ""]
-    if note:
+    for note in notes:
         lines += [note, ""]
     lines += ["| model | precision (CPU capability) | params | MACs | test accuracy | test errors | ECE |"
               + (" Hinton et al. errors |" if p.data.dataset == "mnist" else ""),
@@ -69,7 +69,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kd_runs.summary", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="reports/default-run.md")
-    ap.add_argument("--note", default="", help="a line under the header (e.g. how long `make repro` took)")
+    ap.add_argument("--note", action="append", default=[],
+                    help="a paragraph under the header, e.g. how long `make repro` took (repeatable)")
     args = ap.parse_args(argv)
     text = summary(args.note)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
