@@ -85,3 +85,15 @@ def built_project(tmp_path_factory):
     for role in ("teacher", "student"):
         params[role].update(epochs=2, batch_size=64)
     return make_project(tmp_path_factory.mktemp("proj"), params)
+
+
+def set_param(proj: Path, key: str, value) -> None:
+    """Set dotted `key` (e.g. teacher.epochs) in proj/params.yaml."""
+    path = proj / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    *parents, leaf = key.split(".")
+    node = params
+    for k in parents:
+        node = node[k]
+    node[leaf] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import MIRROR
+from conftest import MIRROR, set_param
 from kd.datasets import MNIST_FILES
 from kd.files import file_md5
 
@@ -35,16 +35,7 @@ def outputs(proj):
 
 
 def param(key, value):
-    def edit(proj):
-        path = proj / "params.yaml"
-        params = yaml.safe_load(path.read_text())
-        *parents, leaf = key.split(".")
-        node = params
-        for k in parents:
-            node = node[k]
-        node[leaf] = value
-        path.write_text(yaml.safe_dump(params))
-    return edit
+    return lambda proj: set_param(proj, key, value)
 
 
 def write(relpath, text):

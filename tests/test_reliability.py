@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import sh, stages_run
+from conftest import set_param, sh, stages_run
 from kd.declared import stage_fingerprint
 from kd.params import load_params
 
@@ -29,17 +29,6 @@ def copy_project(built_project, dst, *, dvc=False):
 @pytest.fixture
 def proj(built_project, tmp_path):
     return copy_project(built_project, tmp_path / "proj")
-
-
-def set_param(proj, key, value):
-    path = proj / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    *parents, leaf = key.split(".")
-    node = params
-    for k in parents:
-        node = node[k]
-    node[leaf] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def env(**extra):

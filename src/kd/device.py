@@ -1,8 +1,9 @@
 """One code path for CPU and GPU: pick the device and the precision it runs fast.
 
-bf16 autocast is only a speed-up where the hardware computes in bf16: measured
-about 2x on a CPU with AVX512_BF16/AMX, but 3-12x *slower* than fp32 on an
-AVX2-only CPU, where it is emulated. So `precision: auto` asks the hardware.
+bf16 autocast is only a speed-up where the hardware computes in bf16: 1.1-1.7x
+for these nets on an AVX512 CPU with AVX512_BF16/AMX (reports/benchmarks.md), but
+2-12x *slower* than fp32 on an AVX2-only CPU, where it is emulated (issue #13).
+So `precision: auto` asks the hardware.
 """
 from __future__ import annotations
 
