@@ -26,12 +26,14 @@ def cpu_flags(monkeypatch):
     kd_device._cpu_flags.cache_clear()
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (AVX2, "fp32"), (AVX512, "fp32"), (ARM, "fp32"),
-    (AVX512_BF16, "bf16"), (AMX, "bf16"), (ARM_BF16, "bf16"),
+@pytest.mark.parametrize("flags, capability, expected", [
+    (AVX2, "AVX2", "fp32"), (AVX512, "AVX512", "fp32"), (ARM, "DEFAULT", "fp32"),
+    (AVX512_BF16, "AVX512", "bf16"), (AMX, "AVX512", "bf16"), (ARM_BF16, "DEFAULT", "bf16"),
+    # torch held to its AVX2 kernels (ATEN_CPU_CAPABILITY=avx2) emulates bf16 even on AMX
+    (AMX, "AVX2", "fp32"), (AVX512_BF16, "AVX2", "fp32"),
 ])
-def test_auto_picks_bf16_only_where_the_cpu_computes_it(cpu_flags, flags, expected):
-    cpu_flags(flags)
+def test_auto_picks_bf16_only_where_the_cpu_computes_it(cpu_flags, flags, capability, expected):
+    cpu_flags(flags, capability)
     assert resolve_precision("auto", CPU) == expected
 
 
