@@ -1,8 +1,11 @@
-"""Stage train_baseline: the student architecture on true labels only.
+"""Stage train_baseline: the student architecture on true labels only
+(with baseline.label_smoothing, the teacher-free control).
 
 Reads neither temperature, alpha nor soft labels, so a sweep over them
 never retrains it.
 """
+from functools import partial
+
 from kd.losses import LOSSES
 from kd.splits import keep_classes, load_split
 from kd.training import train_model
@@ -10,6 +13,7 @@ from kd_runs.stage import stage
 
 with stage("train_baseline", ddp=True) as run:
     p = run.params
+    loss = partial(LOSSES["ce"], label_smoothing=p.baseline.label_smoothing)
     x, y, _ = keep_classes(*load_split("train"), p.omit_classes)
-    model, history = train_model(run, "baseline", p.student, (x, y), LOSSES["ce"], seed=p.seed)
+    model, history = train_model(run, "baseline", p.student, (x, y), loss, seed=p.seed)
     run.track_model("baseline", model, history)

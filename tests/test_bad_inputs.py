@@ -135,6 +135,7 @@ CASES = [
     ("zero-epochs", "check_params", param("student.epochs", 0), "student.epochs: Input should be greater than or equal to 1"),
     ("unknown-optimizer", "check_params", param("student.optimizer", "lion"), "student.optimizer: Input should be 'sgd' or 'adam'"),
     ("unknown-dataset", "check_params", param("data.dataset", "imagenet"), "unknown dataset 'imagenet'"),
+    ("label-smoothing-one", "train_baseline", param("baseline.label_smoothing", 1.0), "baseline.label_smoothing: Input should be less than 1"),
     ("negative-seed", "check_params", param("seed", -1), "seed: Input should be greater than or equal to 0"),
     ("missing-mirror", "prepare", param("data.mirror", "/nonexistent/mirror"), "data.mirror: directory /nonexistent/mirror does not exist"),
     ("malformed-yaml", "check_params", write("params.yaml", "temperature: [20\n"), "params.yaml: not valid YAML"),

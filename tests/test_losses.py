@@ -39,3 +39,12 @@ def test_t_squared_keeps_soft_gradients_on_scale_across_temperatures():
         LOSSES["kd"](s, b, temperature=T, alpha=1.0).backward()
         norms.append(s.grad.norm().item())
     assert 0.5 < norms[1] / norms[0] < 2.0
+
+
+def test_label_smoothing_is_cross_entropy_against_uniformly_mixed_targets():
+    s, b = batch()
+    eps = 0.1
+    targets = (1 - eps) * F.one_hot(b["y"], 10).float() + eps / 10
+    expected = -(targets * F.log_softmax(s, 1)).sum(1).mean()
+    assert torch.allclose(LOSSES["ce"](s, b, label_smoothing=eps), expected, atol=1e-6)
+    assert not torch.allclose(LOSSES["ce"](s, b, label_smoothing=eps), LOSSES["ce"](s, b))

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 
 
-def cross_entropy(logits: torch.Tensor, batch: dict) -> torch.Tensor:
-    return F.cross_entropy(logits, batch["y"])
+def cross_entropy(logits: torch.Tensor, batch: dict, *, label_smoothing: float = 0.0) -> torch.Tensor:
+    """label_smoothing ε: uniform soft targets, the teacher-free control of Yuan et al. (2020)."""
+    return F.cross_entropy(logits, batch["y"], label_smoothing=label_smoothing)
 
 
 def distillation(logits: torch.Tensor, batch: dict, *, temperature: float, alpha: float) -> torch.Tensor:

@@ -93,6 +93,13 @@ class TeacherParams(TrainParams):
     seed: Seed = 0
 
 
+class BaselineParams(_Strict):
+    # The true-label student trains with `student`'s params; this is its control knob:
+    # label smoothing ε mixes uniform targets into the labels (0 = plain cross-entropy).
+    # Only train_baseline reads it, so a smoothing run reuses the distilled student.
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
 class DistributedParams(_Strict):
     # Processes that train each model together (DDP; one per GPU on a GPU
     # machine). It changes how a model is trained, not what: no stage depends
@@ -122,6 +129,7 @@ class Params(_Strict):
     data: DataParams
     teacher: TeacherParams
     student: TrainParams
+    baseline: BaselineParams = BaselineParams()
     soft_labels: SoftLabelParams = SoftLabelParams()
     distributed: DistributedParams = DistributedParams()
 
