@@ -125,7 +125,7 @@ def run(root: Path, exps: list[Experiment], shown: list[Shown]) -> None:
     if stale:
         dvc(root, "exp", "remove", *stale)
     for exp in exps:
-        dvc(root, "exp", "run", "--queue", "-n", exp.name, *exp.set_args())
+        dvc(root, "exp", "run", "--queue", "-n", exp.name, *exp.set_args(), *exp.targets)
     # DVC's own log of every experiment, streamed to ours; it exits 0 even when one failed.
     subprocess.run(["dvc", "exp", "run", "--run-all", "--jobs", "1"], cwd=root)
 

@@ -14,21 +14,32 @@ from typing import Any
 import yaml
 
 from kd.dvc_yaml import parse_yaml
+from kd.paths import metrics_file
 
 from kd_runs.run_info import flatten  # {'teacher': {'lr': 0.1}} -> {'teacher.lr': 0.1}
 
 SEEDS = (0, 1, 2)
 TEMPERATURES = (1, 2, 4, 8, 20, 50)
 OMITTED_DIGIT = 3
+HINTON_PROFILE = "profiles/mnist-hinton.yaml"
 CIFAR_PROFILE = "profiles/cifar10-cpu.yaml"
-# (kind, teacher arch, student arch) at the CPU profile; the small VGG is the weaker net.
-CIFAR_PAIRS = (
-    ("reversed", "vgg8", "resnet20"),       # a small teacher, a larger student
-    ("self-resnet20", "resnet20", "resnet20"),
-    ("self-vgg8", "vgg8", "vgg8"),
-    ("hetero", "resnet20", "vgg8"),         # normal KD across architectures
-)
-PARTS = ("mnist", "cifar")
+PARTS = ("mnist", "hinton", "cifar")
+
+# ---- the CIFAR-10 study (issue #16): where does distillation pay on a CPU? -------------------
+# The cheapest nets that keep each relation of the poster: resnet8 (78k params) is the smaller
+# net, vgg8 (148k) the larger; they cross VGG <-> ResNet both ways.
+CIFAR_FAMILIES = {                      # kind: (teacher arch, student arch)
+    "reversed": ("resnet8", "vgg8"),    # a smaller ResNet teaches a larger VGG (poster: VGG13 -> ResNet18)
+    "self": ("vgg8", "vgg8"),
+    "hetero": ("vgg8", "resnet8"),      # VGG -> ResNet, the other way across
+}
+TEACHER_EPOCHS = (20, 40)               # the plateau check: 40 is what the study's teachers train
+BUDGETS = (5, 10, 30)                   # student epochs: today's 5 up to 6x
+TUNE_BUDGET = 10                        # T and alpha chosen here, on seed 0's validation accuracy
+GRID = {"temperature": (2, 4, 8), "alpha": (0.5, 0.9)}
+SMOOTHING = (0.05, 0.1, 0.2)            # epsilon of the label-smoothing control, chosen the same way
+TUNED = ("reversed", "self")            # hetero borrows self's T and alpha: the same vgg8 teacher
+LONGEST = max(BUDGETS)
 
 
 class PosterError(RuntimeError):
@@ -39,8 +50,9 @@ class PosterError(RuntimeError):
 class Setting:
     """One point of a family, run once per seed."""
     name: str                      # experiment names are "<name>-s<seed>"
-    kind: str                      # what the report groups by: "sweep", "omit", a CIFAR pair
+    kind: str                      # what the report groups by: "sweep", "omit", a CIFAR family, ...
     overrides: dict[str, Any]      # dotted params key -> value
+    targets: tuple[str, ...] = ()  # stages to run (default: the whole pipeline)
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,7 @@ class Experiment:
     kind: str
     seed: int
     overrides: dict[str, Any] = field(default_factory=dict)   # dotted key -> value
+    targets: tuple[str, ...] = ()  # `dvc exp run` targets; the teacher-only runs name train_teacher
 
     def set_args(self) -> list[str]:
         return [arg for key, value in self.overrides.items() for arg in ("-S", f"{key}={_yaml_value(value)}")]
@@ -75,13 +88,6 @@ def mnist(temperatures=TEMPERATURES) -> list[Setting]:
             Setting(f"mnist-omit{OMITTED_DIGIT}", "omit", {"omit_classes": [OMITTED_DIGIT]})]
 
 
-def cifar(root: Path, profile: str = CIFAR_PROFILE) -> list[Setting]:
-    """The poster's CIFAR-10 pairs: reversed, self and heterogeneous KD, at `profile`."""
-    keys = profile_overrides(_load(root / "params.yaml"), _load(root / profile), profile)
-    return [Setting(f"cifar-{kind}", kind, {**keys, "teacher.arch": teacher, "student.arch": student})
-            for kind, teacher, student in CIFAR_PAIRS]
-
-
 def profile_overrides(base: dict, profile: dict, source: str = "the profile") -> dict[str, Any]:
     """The `-S` settings that turn params `base` into `profile` (a whole params file)."""
     b, p = flatten(base), flatten(profile)
@@ -91,13 +97,89 @@ def profile_overrides(base: dict, profile: dict, source: str = "the profile") ->
     return {k: v for k, v in p.items() if b.get(k, object()) != v}
 
 
+def hinton(root: Path, profile: str = HINTON_PROFILE) -> list[Setting]:
+    """MNIST with Hinton's teacher regularisation and a long schedule (the profile), at T=20."""
+    keys = profile_overrides(_load(root / "params.yaml"), _load(root / profile), profile)
+    return [Setting("hinton-T20", "hinton", {**keys, "temperature": 20})]
+
+
+def cifar_base(root: Path, profile: str = CIFAR_PROFILE) -> dict[str, Any]:
+    return profile_overrides(_load(root / "params.yaml"), _load(root / profile), profile)
+
+
+def family(base: dict, kind: str, budget: int, **more) -> dict[str, Any]:
+    teacher, student = CIFAR_FAMILIES[kind]
+    return {**base, "teacher.arch": teacher, "student.arch": student, "student.epochs": budget, **more}
+
+
+def cifar_tuning(root: Path, profile: str = CIFAR_PROFILE) -> list[Setting]:
+    """Phase 1: each teacher at two lengths (train_teacher only), the T x alpha grid of the tuned
+    families and the smoothing grid, all at one seed."""
+    base = cifar_base(root, profile)
+    out = [Setting(f"cifar-teacher-{arch}-e{e}", "teacher",
+                   {**base, "teacher.arch": arch, "teacher.epochs": e}, ("train_teacher",))
+           for arch in sorted({t for t, _ in CIFAR_FAMILIES.values()}) for e in TEACHER_EPOCHS]
+    out += [Setting(f"cifar-{kind}-e{TUNE_BUDGET}-T{t:g}-a{a:g}", f"grid-{kind}",
+                    family(base, kind, TUNE_BUDGET, temperature=t, alpha=a))
+            for kind in TUNED for t in GRID["temperature"] for a in GRID["alpha"]]
+    # Smoothing changes only the true-label student: the distilled one comes from the run-cache.
+    out += [Setting(f"cifar-smooth{eps:g}-e{TUNE_BUDGET}", "grid-smooth",
+                    family(base, "self", TUNE_BUDGET, **{"baseline.label_smoothing": eps}))
+            for eps in SMOOTHING]
+    return out
+
+
+def cifar_study(root: Path, chosen: dict[str, dict], profile: str = CIFAR_PROFILE) -> list[Setting]:
+    """Phase 2, once the grids chose (`chosen`: kind -> {"temperature", "alpha"}, and "smooth" ->
+    {"baseline.label_smoothing"}): the tuned families at every budget, then the smoothing control
+    and heterogeneous KD at the longest. A family whose grid is unfinished is left out."""
+    base = cifar_base(root, profile)
+    values = {**chosen, "hetero": chosen.get("self")}
+    out = [Setting(f"cifar-{kind}-e{b}", kind, family(base, kind, b, **values[kind]))
+           for b in BUDGETS for kind in TUNED if values.get(kind)]
+    if values.get("self") and chosen.get("smooth"):
+        out.append(Setting(f"cifar-smooth-e{LONGEST}", "smooth",
+                           family(base, "self", LONGEST, **values["self"], **chosen["smooth"])))
+    if values.get("hetero"):
+        out.append(Setting(f"cifar-hetero-e{LONGEST}", "hetero", family(base, "hetero", LONGEST, **values["hetero"])))
+    return out
+
+
 def per_seed(part: str, settings: list[Setting], seeds) -> list[Experiment]:
-    return [Experiment(f"{s.name}-s{seed}", part, s.kind, seed, {**s.overrides, "seed": seed})
-            for s in settings for seed in seeds]
+    """Each setting once per seed; seed-major, so what finishes first is a complete seed."""
+    return [Experiment(f"{s.name}-s{seed}", part, s.kind, seed, {**s.overrides, "seed": seed}, s.targets)
+            for seed in seeds for s in settings]
+
+
+def tuning_runs(root: Path, profile: str = CIFAR_PROFILE) -> list[Experiment]:
+    """Phase 1 runs at seed 0 only (teachers do not depend on `seed` at all)."""
+    return per_seed("cifar", cifar_tuning(root, profile), (0,))
+
+
+def choose(tuning: list[tuple[Experiment, dict | None]]) -> dict[str, dict]:
+    """The grids' winners by validation accuracy, never test: kind -> the overrides it fixes.
+    `tuning`: the phase-1 experiments and their metrics files (None while unfinished). A grid
+    with an unfinished point chooses nothing yet; ties go to the first point of the grid."""
+    out = {}
+    for kind, role, keys in [*((k, "student", ("temperature", "alpha")) for k in TUNED),
+                             ("smooth", "baseline", ("baseline.label_smoothing",))]:
+        path = metrics_file(role).as_posix()
+        points = [(e, m) for e, m in tuning if e.kind == f"grid-{kind}"]
+        if points and all(m is not None and path in m for _, m in points):
+            winner, _ = max(points, key=lambda run: run[1][path]["val_acc"])
+            out[kind] = {k: winner.overrides[k] for k in keys}
+    return out
 
 
 def plan(root: Path, parts=PARTS, seeds=SEEDS, temperatures=TEMPERATURES,
-           profile: str = CIFAR_PROFILE) -> dict[str, list[Experiment]]:
-    """Every experiment of the poster, by part, in queue order."""
-    families = {"mnist": lambda: mnist(temperatures), "cifar": lambda: cifar(root, profile)}
-    return {part: per_seed(part, families[part](), seeds) for part in parts}
+         profile: str = CIFAR_PROFILE) -> dict[str, list[Experiment]]:
+    """The experiments that need no results of others, by part, in queue order: MNIST, the
+    Hinton profile, and the CIFAR study's tuning phase (its seeded runs: `study_runs`)."""
+    families = {"mnist": lambda: per_seed("mnist", mnist(temperatures), seeds),
+                "hinton": lambda: per_seed("hinton", hinton(root), seeds),
+                "cifar": lambda: tuning_runs(root, profile)}
+    return {part: families[part]() for part in parts}
+
+
+def study_runs(root: Path, chosen: dict[str, dict], seeds=SEEDS, profile: str = CIFAR_PROFILE) -> list[Experiment]:
+    return per_seed("cifar", cifar_study(root, chosen, profile), seeds)

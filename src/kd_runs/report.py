@@ -19,16 +19,6 @@ HINTON = {"teacher": "99.33 (67 errors)", "baseline": "98.54 (146 errors)", "stu
 # Hinton et al. 2015, sec. 3: the distilled net without 3s made 206 errors, 133 of them on
 # the 1010 threes; with the 3s' bias raised by 3.5, 109 errors, 14 on threes.
 HINTON_OMIT = {"before": "86.8 of 3s, 97.94 overall", "after": "98.6 of 3s, 98.91 overall"}
-POSTER_CIFAR = {
-    "reversed": "VGG13 88.23 -> ResNet18 90.23 -> 91.26",
-    "self-resnet20": "+1.0 / +2.98 (self-KD, two nets)",
-    "self-vgg8": "+1.0 / +2.98 (self-KD, two nets)",
-    "hetero": "knowledge crosses VGG <-> ResNet",
-}
-CIFAR_LABEL = {"reversed": "reversed KD, vgg8 -> resnet20", "self-resnet20": "self-KD, resnet20 -> resnet20",
-               "self-vgg8": "self-KD, vgg8 -> vgg8", "hetero": "heterogeneous KD, resnet20 -> vgg8"}
-
-
 # ---- which runs -------------------------------------------------------------------------
 
 def finished(runs: list[Run]) -> list[Run]:
@@ -189,37 +179,44 @@ def omit_section(runs: list[Run]) -> list[str]:
     return lines
 
 
-def cifar_section(runs: list[Run]) -> list[str]:
-    lines = ["## CIFAR-10 at the CPU profile (`profiles/cifar10-cpu.yaml`)", "",
-             "Data: the CIFAR-10 mirror, JPEG quality 75 (not the original PNG-exact pixels). "
-             "Small nets and a 5-epoch schedule (the poster's VGG13/ResNet18 at 200 epochs is "
-             "`profiles/cifar10-gpu.yaml`).", "", "![CIFAR gains](poster/cifar.png)", ""]
+def hinton_section(runs: list[Run]) -> list[str]:
+    """MNIST with Hinton's teacher regularisation (profiles/mnist-hinton.yaml), at T=20."""
+    rs = finished(of_part(runs, "hinton"))
+    lines = ["## MNIST at Hinton's level (`profiles/mnist-hinton.yaml`)", "",
+             "The teacher regularised as Hinton et al.: dropout 0.5 on the hidden layers and 0.2 on the input, "
+             "±2 px jitter, a long schedule; the students as in the default run, T=20. "
+             f"{len(rs)} student seeds against one teacher.", ""]
     rows = []
-    for kind, label in CIFAR_LABEL.items():
-        pair = of_kind(finished(of_part(runs, "cifar")), kind)
-        g = kd_gain(pair)
-        rows.append([label, pct(scores(pair[:1], "teacher", "accuracy")), pct(scores(pair, "baseline", "accuracy")),
-                     pct(scores(pair, "student", "accuracy")), fmt_gain(g), verdict(g),
-                     POSTER_CIFAR[kind], *_extras(pair, "student")])
-    lines += _table(["experiment", "teacher %", "student, true labels %", "student, distilled %", "KD gain",
-                     "exceeds seed noise", "poster", "distilled ECE %", "agreement with teacher %",
-                     "KL(teacher‖student)"], rows)
+    for role, label in (("teacher", "teacher"), ("baseline", "student, true labels"),
+                        ("student", "student, distilled (T=20)")):
+        of_role = rs[:1] if role == "teacher" else rs
+        rows.append([label, _mean(scores(of_role, role, "errors"), "{:.1f}"), pct(scores(of_role, role, "accuracy")),
+                     HINTON[role]])
+    lines += _table(["model", "test errors", "test accuracy %", "Hinton et al."], rows)
+    errors = scores(rs, "student", "errors")
+    if errors:
+        lines += [f"Distilled students at or below Hinton's 74 errors: {sum(e <= 74 for e in errors)} of "
+                  f"{len(errors)} seeds (mean {statistics.fmean(errors):.1f}).", ""]
     return lines
 
 
-def write_report(path: Path, runs: list[Run], *, header: list[str], temperatures) -> None:
+def write_report(path: Path, runs: list[Run], *, header: list[str], temperatures, chosen=None) -> None:
+    from kd_runs import report_cifar  # it imports this module
     lines = ["# Knowledge distillation: the poster's experiments, rerun", "", *header, ""]
     parts = {e.part for e, _ in runs}
     for part in sorted(parts):
         lines += [f"Trained in ({part}): {hardware(of_part(runs, part))}.", ""]
     if "mnist" in parts:
         lines += mnist_section(runs, temperatures) + omit_section(runs)
+    if "hinton" in parts:
+        lines += hinton_section(runs)
     if "cifar" in parts:
-        lines += cifar_section(runs)
+        lines += report_cifar.cifar_section(runs, chosen or {})
     missing = [e.name for e, m in runs if m is None]
     if missing:
         lines += ["## Not run", "", "These experiments failed or did not finish (`dvc queue logs <name>` "
                   "shows why): " + ", ".join(missing), ""]
+    lines += report_cifar.machine_time(path.with_suffix("") / "machine-time.csv")
     lines += ["## Experiments", "", "`dvc exp show` lists them (on the commit they ran from); the rows above "
               "average these:", ""]
     lines += _table(["experiment", "seed", "`-S` overrides of params.yaml"],
@@ -232,7 +229,12 @@ def write_report(path: Path, runs: list[Run], *, header: list[str], temperatures
 
 
 def _overrides(e: Experiment) -> str:
-    if e.part == "cifar":  # the rest of the profile is the same for every CIFAR row
-        return f"the CPU profile's keys, teacher.arch={e.overrides['teacher.arch']} " \
-               f"student.arch={e.overrides['student.arch']} seed={e.seed}"
-    return " ".join(f"{k}={v}" for k, v in e.overrides.items())
+    """The overrides; for a profile's rows (the same for all of them) only the keys that differ."""
+    profile = {"cifar": "the CIFAR-10 CPU profile", "hinton": "the Hinton profile"}.get(e.part)
+    if profile is None:
+        return " ".join(f"{k}={v}" for k, v in e.overrides.items())
+    keep = ("teacher.arch", "teacher.epochs", "student.arch", "student.epochs", "temperature", "alpha",
+            "baseline.label_smoothing", "seed")
+    shown = " ".join(f"{k}={e.overrides[k]}" for k in keep if k in e.overrides
+                     and (not e.targets or k.startswith("teacher.")))
+    return f"{profile}, {shown}" + (f", only {' '.join(e.targets)}" if e.targets else "")

@@ -1,12 +1,11 @@
-"""The poster report's figures: accuracy vs temperature, the omitted digit, CIFAR-10 KD gains."""
+"""The poster report's figures: accuracy vs temperature, the omitted digit, CIFAR-10 KD gain vs budget."""
 from __future__ import annotations
 
 import statistics
 from pathlib import Path
 
 from kd_runs.experiments import OMITTED_DIGIT
-from kd_runs.report import (BEFORE_AND_AFTER_FIX, CIFAR_LABEL, Run, at_temperature, finished, kd_gain, of_kind,
-                            of_part, scores)
+from kd_runs.report import BEFORE_AND_AFTER_FIX, Run, at_temperature, finished, of_kind, of_part, scores
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -51,16 +50,6 @@ def plots(runs: list[Run], temperatures, out_dir: Path) -> None:
         ax.bar(labels, vals, yerr=errs, capsize=3, color=["grey", "grey", "C0", "C0"])
         ax.set(ylabel=f"test accuracy on {OMITTED_DIGIT}s %", ylim=(0, 100))
         save(fig, "omit.png")
-    cifar = finished(of_part(runs, "cifar"))
-    if cifar:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        names, means, stds = [], [], []
-        for kind, label in CIFAR_LABEL.items():
-            g = kd_gain(of_kind(cifar, kind))
-            if g["gains"]:
-                names.append(label.replace(", ", "\n")), means.append(100 * g["mean"])
-                stds.append(100 * g["std"] if len(g["gains"]) > 1 else 0)
-        ax.bar(names, means, yerr=stds, capsize=3)
-        ax.axhline(0, color="black", lw=0.8)
-        ax.set(ylabel="KD gain, test accuracy points")
-        save(fig, "cifar.png")
+    from kd_runs.report_cifar import budget_plot  # it imports report, as this module does
+
+    budget_plot(runs, out_dir)
