@@ -288,6 +288,16 @@ def test_only_experiments_whose_params_or_code_changed_run_again(fake):
     assert queued() == SMALL_NAMES and dvc_calls("exp", "remove") == []  # the old ones stay, on their commit
 
 
+def test_a_time_limit_runs_one_at_a_time_and_the_next_run_goes_on(fake, capsys):
+    assert run_poster([*SMALL, "--hours", "0"]) == 1  # nothing may start: all four are "not run"
+    assert dvc_calls("exp", "run") == []
+    assert "time limit is reached: 4 experiments left" in capsys.readouterr().out
+    assert run_poster([*SMALL, "--hours", "1"]) == 0
+    assert queued() == SMALL_NAMES
+    assert len(dvc_calls("exp", "run", "--run-all")) == 4  # one experiment per queue run
+    assert run_poster([*SMALL, "--hours", "1"]) == 0 and queued() == set()
+
+
 def test_a_failed_experiment_is_not_run_and_the_command_fails(fake, monkeypatch, capsys):
     monkeypatch.setenv("FAKE_DVC_FAIL", "mnist-omit3-s1")
     assert run_poster() == 1

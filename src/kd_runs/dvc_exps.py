@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,11 +107,12 @@ def current(root: Path, exps: list[Experiment], shown: list[Shown]) -> dict[str,
     return found
 
 
-def run(root: Path, exps: list[Experiment], shown: list[Shown]) -> None:
+def run(root: Path, exps: list[Experiment], shown: list[Shown], deadline: float | None = None) -> None:
     """Queue `exps` and run them with `dvc exp run --run-all` (blocks; one worker, so
     experiments run one at a time and the first to need a teacher trains it for the others:
     two workers would race to train it). A failed experiment is simply not current afterwards.
-    `shown`: what `show` says now."""
+    `shown`: what `show` says now. With a `deadline` (time.time()), experiments are queued one
+    at a time and none starts after it, so a session can stop without a half-run queue."""
     if not exps:
         return
     busy = sorted({s.name for s in shown if s.state in BUSY})
@@ -124,8 +126,12 @@ def run(root: Path, exps: list[Experiment], shown: list[Shown]) -> None:
     stale = sorted({s.name for s in shown if s.baseline == head and s.name in names})
     if stale:
         dvc(root, "exp", "remove", *stale)
-    for exp in exps:
-        dvc(root, "exp", "run", "--queue", "-n", exp.name, *exp.set_args(), *exp.targets)
-    # DVC's own log of every experiment, streamed to ours; it exits 0 even when one failed.
-    subprocess.run(["dvc", "exp", "run", "--run-all", "--jobs", "1"], cwd=root)
-
+    for batch in ([exps] if deadline is None else [[e] for e in exps]):
+        if deadline is not None and time.time() >= deadline:
+            print(f"poster: the time limit is reached: {len(exps) - exps.index(batch[0])} experiments left "
+                  "for the next run", flush=True)
+            return
+        for exp in batch:
+            dvc(root, "exp", "run", "--queue", "-n", exp.name, *exp.set_args(), *exp.targets)
+        # DVC's own log of every experiment, streamed to ours; it exits 0 even when one failed.
+        subprocess.run(["dvc", "exp", "run", "--run-all", "--jobs", "1"], cwd=root)

@@ -43,6 +43,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="reports/poster.md")
     ap.add_argument("--report-only", action="store_true",
                     help="queue nothing: report the experiments that are already up to date")
+    ap.add_argument("--hours", type=float, default=None,
+                    help="start no experiment after this many hours (one runs at a time); the next "
+                         "invocation goes on from there")
     ap.add_argument("--note", action="append", default=[], help="a line for the report's header")
     args = ap.parse_args(argv)
     if len(set(args.seeds)) < 2:
@@ -53,6 +56,7 @@ def main(argv=None) -> int:
         return 2
     temps = [int(t) if float(t).is_integer() else t for t in args.temperatures]
     started = time.perf_counter()
+    deadline = None if args.hours is None else time.time() + 3600 * args.hours
     lines, everything = [], []
     try:
         shown = dvc_exps.show(root)
@@ -68,7 +72,7 @@ def main(argv=None) -> int:
                 lines.append(f"- {part}: {len(reused)} of {len(exps)} experiments finished (report only)")
                 return reused
             part_started = time.perf_counter()
-            dvc_exps.run(root, todo, shown)
+            dvc_exps.run(root, todo, shown, deadline)
             seconds = time.perf_counter() - part_started
             if todo:
                 shown = dvc_exps.show(root)
