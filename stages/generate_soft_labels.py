@@ -6,7 +6,7 @@ precompute, the file only records the mode.
 """
 from kd.checkpoint import load_model
 from kd.declared import declared_params
-from kd.device import describe, resolve_precision
+from kd.device import describe, prepare_model, resolve_precision
 from kd.paths import SOFT_LABELS, model_file, split_file
 from kd.soft_labels import ViewCache, save_soft_labels, teacher_view_logits, view_shifts
 from kd.splits import load_split
@@ -24,7 +24,7 @@ with stage("generate_soft_labels") as run:
         shifts = view_shifts(len(x), p.soft_labels.views, s.jitter, s.flip, p.seed)
         precision = resolve_precision(p.teacher.precision, run.device)
         print(f"teacher inference in {precision} (params: {p.teacher.precision}) on {describe(run.device)}")
-        logits = teacher_view_logits(teacher.to(run.device), x, shifts, p.soft_labels.views,
+        logits = teacher_view_logits(prepare_model(teacher, precision).to(run.device), x, shifts, p.soft_labels.views,
                                      device=run.device, precision=precision)
         cache = ViewCache(shifts, s.jitter, s.flip, logits)
         print(f"{logits.shape[0]} views x {logits.shape[1]} images of teacher logits -> {SOFT_LABELS}")

@@ -1,3 +1,4 @@
+import copy
 import pytest
 import torch
 
@@ -80,6 +81,16 @@ def test_live_teacher_trains_a_student_on_the_batch_it_sees(teacher, cifar_like)
     history = fit(student, TensorBatches(x, y, 16, seed=0, jitter=4, flip=True, teacher=live), (x[:8], y[:8]), loss,
                   cfg, device=CPU)
     assert len(seen) == 3 and seen[0].shape == (16, 10) and history[0]["train_loss"] > 0
+
+
+def test_live_teacher_infers_in_the_layout_it_trained_in(teacher, cifar_like):
+    x, _ = cifar_like
+    plain = copy.deepcopy(teacher).eval()
+    live = LiveTeacher(teacher, CPU, "fp32")
+    conv = next(p for p in live.teacher.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.allclose(live.logits_for(x[:8].float() / 255, None, None), plain(x[:8].float() / 255), atol=1e-5)
 
 
 def test_soft_labels_refuse_another_teacher_data_or_params(tmp_path, teacher, cifar_like):
