@@ -295,6 +295,10 @@ def test_a_time_limit_runs_one_at_a_time_and_the_next_run_goes_on(fake, capsys):
     assert run_poster([*SMALL, "--hours", "1"]) == 0
     assert queued() == SMALL_NAMES
     assert len(dvc_calls("exp", "run", "--run-all")) == 4  # one experiment per queue run
+    log = (fake / "reports" / "poster" / "machine-time.csv").read_text().splitlines()
+    assert log[0].startswith("date,commit,part,experiments_run,seconds,cpu_capability") and len(log) == 2
+    assert ",mnist,4," in log[1]
+    assert "## Machine time" in (fake / "reports" / "poster.md").read_text()
     assert run_poster([*SMALL, "--hours", "1"]) == 0 and queued() == set()
 
 
