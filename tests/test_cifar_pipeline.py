@@ -16,7 +16,7 @@ def project(tmp_path_factory):
     params["data"].update(mirror=str(MIRROR), max_train=300, val_size=100)
     params["teacher"].update(arch="resnet8", epochs=2, batch_size=50)
     params["student"].update(arch="vgg8", epochs=2, batch_size=50)  # heterogeneous KD
-    params["soft_labels"]["views"] = 2
+    params["soft_labels"].update(mode="cached", views=2)  # the profile is live; the next test switches
     return make_project(tmp_path_factory.mktemp("cifar"), params)
 
 

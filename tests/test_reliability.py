@@ -103,8 +103,9 @@ def test_resume_state_is_not_used_after_a_code_change(proj, tmp_path):
     set_param(proj, "teacher.epochs", 3)
     assert run_stage(proj, "train_teacher", KD_CRASH_AFTER_EPOCH="2").returncode == -9
     losses = proj / "src/kd/losses.py"
-    losses.write_text(losses.read_text().replace('F.cross_entropy(logits, batch["y"])\n',
-                                                 'F.cross_entropy(logits, batch["y"], label_smoothing=0.1)\n', 1))
+    before = losses.read_text()
+    losses.write_text(before.replace('label_smoothing=label_smoothing)', 'label_smoothing=0.1)', 1))
+    assert losses.read_text() != before  # the code the teacher trains with did change
     twin = tmp_path / "twin"
     shutil.copytree(proj, twin, ignore=shutil.ignore_patterns(".resume"))
     resumed = run_stage(proj, "train_teacher")
