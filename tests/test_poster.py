@@ -302,6 +302,11 @@ def test_a_time_limit_runs_one_at_a_time_and_the_next_run_goes_on(fake, capsys):
     assert run_poster([*SMALL, "--hours", "1"]) == 0 and queued() == set()
 
 
+def test_a_report_outside_the_project_is_written(fake, tmp_path):
+    assert run_poster([*SMALL, "--report-only", "--out", str(tmp_path / "elsewhere" / "poster.md")]) == 1
+    assert "mnist: 0 of 4 experiments finished" in (tmp_path / "elsewhere" / "poster.md").read_text()
+
+
 def test_a_failed_experiment_is_not_run_and_the_command_fails(fake, monkeypatch, capsys):
     monkeypatch.setenv("FAKE_DVC_FAIL", "mnist-omit3-s1")
     assert run_poster() == 1

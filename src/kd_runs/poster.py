@@ -95,7 +95,9 @@ def main(argv=None) -> int:
         found = dvc_exps.current(root, everything, shown)
         commit = dvc_exps.git(root, "rev-parse", "--short", "HEAD").stdout.strip()
         # The report's own files do not make the code dirty: a rerun rewrites them.
-        report_files = [f":(exclude){Path(args.out).with_suffix('')}", f":(exclude){args.out}"]
+        out = (root / args.out).resolve()
+        report_files = ([f":(exclude){out.relative_to(root.resolve()).with_suffix('')}",
+                         f":(exclude){out.relative_to(root.resolve())}"] if out.is_relative_to(root.resolve()) else [])
         changed = dvc_exps.git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *report_files).stdout
     except PosterError as e:
         print(f"poster: error: {e}", file=sys.stderr)
