@@ -300,6 +300,9 @@ def test_a_time_limit_runs_one_at_a_time_and_the_next_run_goes_on(fake, capsys):
     assert ",mnist,4," in log[1]
     assert "## Machine time" in (fake / "reports" / "poster.md").read_text()
     assert run_poster([*SMALL, "--hours", "1"]) == 0 and queued() == set()
+    with pytest.raises(SystemExit):
+        run_poster([*SMALL, "--hours", "-1"])
+    assert "--hours must be 0 or more, got -1" in capsys.readouterr().err
 
 
 def test_a_report_outside_the_project_is_written(fake, tmp_path):

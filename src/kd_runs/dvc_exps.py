@@ -126,10 +126,11 @@ def run(root: Path, exps: list[Experiment], shown: list[Shown], deadline: float 
     stale = sorted({s.name for s in shown if s.baseline == head and s.name in names})
     if stale:
         dvc(root, "exp", "remove", *stale)
-    for batch in ([exps] if deadline is None else [[e] for e in exps]):
+    batches = [exps] if deadline is None else [[e] for e in exps]
+    for done, batch in enumerate(batches):
         if deadline is not None and time.time() >= deadline:
-            print(f"poster: the time limit is reached: {len(exps) - exps.index(batch[0])} experiments left "
-                  "for the next run", flush=True)
+            print(f"poster: the time limit is reached: {len(exps) - done} experiments left for the next run",
+                  flush=True)
             return
         for exp in batch:
             dvc(root, "exp", "run", "--queue", "-n", exp.name, *exp.set_args(), *exp.targets)

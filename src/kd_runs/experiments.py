@@ -97,25 +97,27 @@ def profile_overrides(base: dict, profile: dict, source: str = "the profile") ->
     return {k: v for k, v in p.items() if b.get(k, object()) != v}
 
 
-def hinton(root: Path, profile: str = HINTON_PROFILE) -> list[Setting]:
-    """MNIST with Hinton's teacher regularisation and a long schedule (the profile), at T=20."""
-    keys = profile_overrides(_load(root / "params.yaml"), _load(root / profile), profile)
-    return [Setting("hinton-T20", "hinton", {**keys, "temperature": 20})]
-
-
-def cifar_base(root: Path, profile: str = CIFAR_PROFILE) -> dict[str, Any]:
+def profile_keys(root: Path, profile: str) -> dict[str, Any]:
+    """The overrides that turn this project's params.yaml into `profile`."""
     return profile_overrides(_load(root / "params.yaml"), _load(root / profile), profile)
 
 
+def hinton(root: Path, profile: str = HINTON_PROFILE) -> list[Setting]:
+    """MNIST with Hinton's teacher regularisation and a long schedule (the profile), at T=20."""
+    return [Setting("hinton-T20", "hinton", {**profile_keys(root, profile), "temperature": 20})]
+
+
 def family(base: dict, kind: str, budget: int, **more) -> dict[str, Any]:
+    """A study run: `kind`'s nets, the longer plateau-checked teacher, `budget` student epochs."""
     teacher, student = CIFAR_FAMILIES[kind]
-    return {**base, "teacher.arch": teacher, "student.arch": student, "student.epochs": budget, **more}
+    return {**base, "teacher.arch": teacher, "teacher.epochs": max(TEACHER_EPOCHS), "student.arch": student,
+            "student.epochs": budget, **more}
 
 
 def cifar_tuning(root: Path, profile: str = CIFAR_PROFILE) -> list[Setting]:
     """Phase 1: each teacher at two lengths (train_teacher only), the T x alpha grid of the tuned
     families and the smoothing grid, all at one seed."""
-    base = cifar_base(root, profile)
+    base = profile_keys(root, profile)
     out = [Setting(f"cifar-teacher-{arch}-e{e}", "teacher",
                    {**base, "teacher.arch": arch, "teacher.epochs": e}, ("train_teacher",))
            for arch in sorted({t for t, _ in CIFAR_FAMILIES.values()}) for e in TEACHER_EPOCHS]
@@ -133,7 +135,7 @@ def cifar_study(root: Path, chosen: dict[str, dict], profile: str = CIFAR_PROFIL
     """Phase 2, once the grids chose (`chosen`: kind -> {"temperature", "alpha"}, and "smooth" ->
     {"baseline.label_smoothing"}): the tuned families at every budget, then the smoothing control
     and heterogeneous KD at the longest. A family whose grid is unfinished is left out."""
-    base = cifar_base(root, profile)
+    base = profile_keys(root, profile)
     values = {**chosen, "hetero": chosen.get("self")}
     out = [Setting(f"cifar-{kind}-e{b}", kind, family(base, kind, b, **values[kind]))
            for b in BUDGETS for kind in TUNED if values.get(kind)]

@@ -48,6 +48,8 @@ def main(argv=None) -> int:
                          "invocation goes on from there")
     ap.add_argument("--note", action="append", default=[], help="a line for the report's header")
     args = ap.parse_args(argv)
+    if args.hours is not None and not args.hours >= 0:  # also NaN
+        ap.error(f"--hours must be 0 or more, got {args.hours:g}")
     if len(set(args.seeds)) < 2:
         print("poster: warning: with one seed there is no std and no noise test", file=sys.stderr)
     root = Path.cwd()
@@ -61,9 +63,10 @@ def main(argv=None) -> int:
     try:
         shown = dvc_exps.show(root)
 
-        def phase(part: str, exps: list[experiments.Experiment]) -> dict[str, dvc_exps.Shown]:
+        def phase(part: str, exps: list[experiments.Experiment], step: str = "") -> dict[str, dvc_exps.Shown]:
             """Run what is not up to date yet; the finished ones, by name."""
             nonlocal shown
+            budget, part = BUDGET_MIN[part], f"{part} {step}".strip()
             reused = dvc_exps.current(root, exps, shown)
             todo = [e for e in exps if e.name not in reused]
             print(f"poster: {part}: {len(exps)} experiments, {len(reused)} up to date, {len(todo)} to run", flush=True)
@@ -78,7 +81,7 @@ def main(argv=None) -> int:
                 shown = dvc_exps.show(root)
             ran = dvc_exps.current(root, todo, shown)
             lines.append(f"- {part}: {len(exps)} experiments, {len(ran)} run now and {len(reused)} reused; "
-                         f"wall time {_hm(seconds)} (budget {BUDGET_MIN[part.split()[0]]} min)")
+                         f"wall time {_hm(seconds)} (budget {budget} min)")
             print(f"poster: {part}: {len(ran)}/{len(todo)} ran in {_hm(seconds)}", flush=True)
             if ran:
                 log_machine_time(root / Path(args.out).with_suffix("") / "machine-time.csv", part, len(ran), seconds)
@@ -89,15 +92,15 @@ def main(argv=None) -> int:
             if part != "cifar":
                 phase(part, exps)
                 continue
-            done = phase("cifar tuning", exps)  # teachers and grids, at seed 0
+            done = phase("cifar", exps, "tuning")  # teachers and grids, at seed 0
             chosen = experiments.choose([(e, done[e.name].metrics if e.name in done else None) for e in exps])
-            phase("cifar study", experiments.study_runs(root, chosen, args.seeds, args.profile))
+            phase("cifar", experiments.study_runs(root, chosen, args.seeds, args.profile), "study")
         found = dvc_exps.current(root, everything, shown)
         commit = dvc_exps.git(root, "rev-parse", "--short", "HEAD").stdout.strip()
         # The report's own files do not make the code dirty: a rerun rewrites them.
-        out = (root / args.out).resolve()
-        report_files = ([f":(exclude){out.relative_to(root.resolve()).with_suffix('')}",
-                         f":(exclude){out.relative_to(root.resolve())}"] if out.is_relative_to(root.resolve()) else [])
+        out, top = (root / args.out).resolve(), root.resolve()
+        report_files = ([f":(exclude){p}" for p in (out.relative_to(top).with_suffix(""), out.relative_to(top))]
+                        if out.is_relative_to(top) else [])
         changed = dvc_exps.git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *report_files).stdout
     except PosterError as e:
         print(f"poster: error: {e}", file=sys.stderr)

@@ -77,8 +77,12 @@ def pct(values: list[float]) -> str:
 def gain_test(student: list[float], baseline: list[float]) -> dict:
     """Paired over seeds: is the KD gain larger than seed-to-seed noise?"""
     gains = [s - b for s, b in zip(student, baseline)]
-    out = {"gains": gains, "mean": statistics.fmean(gains) if gains else math.nan,
-           "std": statistics.stdev(gains) if len(gains) > 1 else math.nan, "p": math.nan}
+    out = {"gains": gains, "n": len(gains), "mean": statistics.fmean(gains) if gains else math.nan,
+           "std": statistics.stdev(gains) if len(gains) > 1 else math.nan, "p": math.nan,
+           "ci": (math.nan, math.nan)}  # the 95% t-interval of the mean gain
+    if len(gains) > 1:
+        half = stats.t.ppf(0.975, len(gains) - 1) * out["std"] / math.sqrt(len(gains))
+        out["ci"] = (out["mean"] - half, out["mean"] + half)
     if len(gains) > 1 and statistics.stdev(gains) > 0:
         out["p"] = float(stats.ttest_rel(student, baseline).pvalue)
     elif len(gains) > 1:

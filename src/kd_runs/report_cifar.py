@@ -4,16 +4,12 @@ label-smoothing control, and one verdict per claim of the poster."""
 from __future__ import annotations
 
 import csv
-import math
-import statistics
 from pathlib import Path
-
-from scipy import stats
 
 from kd.paths import metrics_file
 from kd_runs.experiments import (BUDGETS, CIFAR_FAMILIES, GRID, LONGEST, SMOOTHING, TEACHER_EPOCHS, TUNE_BUDGET,
                                  TUNED)
-from kd_runs.report import Run, _table, finished, of_kind, of_part, pct, scores
+from kd_runs.report import Run, _table, finished, gain_test, of_kind, of_part, pct, scores
 
 PLATEAU_POINTS = 0.3  # doubling a teacher's epochs adds less than this (validation accuracy, points)
 NAMES = {"reversed": "reversed KD", "self": "self-KD", "hetero": "heterogeneous KD"}
@@ -34,27 +30,14 @@ def val_acc(metrics: dict, role: str) -> float | None:
 
 
 def by_seed(runs: list[Run], role: str) -> dict[int, float]:
-    out = {}
-    for e, _ in finished(runs):
-        value = scores([(e, _)], role, "accuracy")
-        if value:
-            out[e.seed] = value[0]
-    return out
+    """Seed -> test accuracy of `role`, over the finished runs."""
+    return {e.seed: acc[0] for e, m in finished(runs) if (acc := scores([(e, m)], role, "accuracy"))}
 
 
 def paired(a: dict[int, float], b: dict[int, float]) -> dict:
-    """a - b over the seeds both have: mean, sample std, 95% t-interval and the paired t-test."""
+    """a - b over the seeds both have (report.gain_test: mean, std, 95% t-interval, paired t-test)."""
     seeds = sorted(set(a) & set(b))
-    d = [a[s] - b[s] for s in seeds]
-    out = {"n": len(d), "mean": statistics.fmean(d) if d else math.nan, "std": math.nan,
-           "ci": (math.nan, math.nan), "p": math.nan}
-    if len(d) > 1:
-        sd = statistics.stdev(d)
-        half = stats.t.ppf(0.975, len(d) - 1) * sd / math.sqrt(len(d))
-        out.update(std=sd, ci=(out["mean"] - half, out["mean"] + half))
-        out["p"] = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue) if sd > 0 else (
-            0.0 if out["mean"] else 1.0)
-    return out
+    return gain_test([a[s] for s in seeds], [b[s] for s in seeds])
 
 
 def fmt_paired(g: dict) -> list[str]:
