@@ -1,4 +1,9 @@
 """`precision: auto` asks the hardware; the capability is mocked so every case runs on any CPU."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -93,3 +98,13 @@ def test_autocast_fp32_is_a_no_op_and_bf16_computes_in_bf16():
         assert lin(x).dtype == torch.float32
     with autocast(CPU, "bf16"):
         assert lin(x).dtype == torch.bfloat16
+
+
+def test_seed_everything_turns_on_deterministic_algorithms_without_loading_the_compiler():
+    # In a fresh interpreter: torch._dynamo costs every stage ~2 s of start-up.
+    code = ("import sys, torch; from kd.device import seed_everything; seed_everything(0); "
+            "print(torch.are_deterministic_algorithms_enabled(), "
+            "torch.is_deterministic_algorithms_warn_only_enabled(), 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(kd_device.__file__).parents[1])})
+    assert out.stdout.split() == ["True", "True", "False"]

@@ -228,3 +228,9 @@ def test_several_views_need_student_augmentation(tmp_path):
         params["student"].update(jitter=0, flip=False)
     with pytest.raises(ParamsError, match="soft_labels.views: 4 views are all the same image"):
         load_params(write(tmp_path, edit))
+
+
+def test_parse_yaml_hands_out_copies_of_what_it_caches():
+    first = parse_yaml("a: {b: [1, 2]}")
+    first["a"]["b"].append(3)
+    assert parse_yaml("a: {b: [1, 2]}") == {"a": {"b": [1, 2]}}
