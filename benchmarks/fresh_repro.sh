@@ -22,7 +22,8 @@ run make repro > make-repro-again.log 2>&1
 again=$(echo "$(date +%s.%N) - $start" | bc)
 cap=$(run .venv/bin/python -c "import torch; print(torch.backends.cpu.get_cpu_capability())")
 printf 'commit %s, torch CPU capability %s%s\n' "$rev" "$cap" "${avx2:+ (forced)}"
-printf 'fresh-clone make repro: %.0f s (%d min %d s), .venv included\n' "$first" "${first%.*}/60" "${first%.*}%60"
+secs=${first%.*}
+printf 'fresh-clone make repro: %d s (%d min %d s), .venv included\n' "$secs" $((secs / 60)) $((secs % 60))
 printf 'make repro again: %.0f s: %s\n' "$again" \
   "$(grep -o 'Data and pipelines are up to date.' make-repro-again.log || echo 'STAGES RAN (see make-repro-again.log)')"
 for f in metrics/timing/*.json; do printf '  %-22s %s s\n' "$(basename "$f" .json)" "$(grep -o '[0-9.]*' "$f")"; done
