@@ -4,10 +4,10 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell md5sum requirements.txt | cut -c1-8)
-# pip byte-compiles every module of every package (most never imported) and that
-# was about 90 s of a 200 s install here; Python compiles what is imported, once,
-# on first use, for about 30 s. Only where Python writes bytecode: with
-# PYTHONDONTWRITEBYTECODE set it would compile from source in every process.
+# pip byte-compiles every module of every package, most never imported (the install
+# took 202 s with it, 113 s without, here with another job running); Python compiles
+# what a stage imports, once, on first use (about 20 s). Only where Python writes
+# bytecode: with PYTHONDONTWRITEBYTECODE set it would compile in every process.
 PIP_COMPILE := $(if $(PYTHONDONTWRITEBYTECODE),,--no-compile)
 # Stage commands say `python`: make it the venv's.
 export PATH := $(BIN):$(PATH)

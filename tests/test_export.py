@@ -1,8 +1,11 @@
 """The ONNX export of a model: same logits under onnxruntime as in PyTorch, any batch size."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+import kd.models
 from kd.checkpoint import new_model
 from kd.export import ExportMismatchError, check_export, export_latency, export_onnx, onnx_predict, quantize_int8, \
     session
@@ -64,3 +67,10 @@ def test_latency_covers_pytorch_and_each_onnx_file(exported):
     assert set(lat) == {"pytorch", "onnx", "onnx_int8"}
     assert all(v > 0 for row in lat.values() for v in row.values())
     assert set(lat["onnx"]) == {"cpu_ms_per_image_batch1", "cpu_ms_per_image_batch256"}
+
+
+def test_the_onnx_file_holds_no_path_of_the_machine_that_built_it(exported):
+    _, path, _ = exported
+    data = path.read_bytes()
+    assert b"stack_trace" not in data
+    assert str(Path(kd.models.__file__).parents[2]).encode() not in data  # src/, where the model's code lives

@@ -40,7 +40,19 @@ def export_onnx(model: nn.Module, in_shape: tuple[int, ...], path: str | Path) -
         program = torch.onnx.export(model, (example,), input_names=[INPUT], output_names=[OUTPUT],
                                     dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
                                     dynamo=True, verbose=False)
-    write_bytes(path, program.model_proto.SerializeToString())
+    write_bytes(path, without_stack_traces(program.model_proto).SerializeToString())
+
+
+def without_stack_traces(proto):
+    """The exporter stores each node's Python stack trace, with this machine's absolute
+    paths: the same model would hash differently in every clone, and the shipped file
+    would say where it was built."""
+    for nodes in [proto.graph.node, *(f.node for f in proto.functions)]:
+        for node in nodes:
+            keep = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+            del node.metadata_props[:]
+            node.metadata_props.extend(keep)
+    return proto
 
 
 def quantize_int8(src: str | Path, dst: str | Path) -> None:
