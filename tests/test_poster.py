@@ -298,7 +298,9 @@ def test_a_time_limit_runs_one_at_a_time_and_the_next_run_goes_on(fake, capsys):
     log = (fake / "reports" / "poster" / "machine-time.csv").read_text().splitlines()
     assert log[0].startswith("date,commit,part,experiments_run,seconds,cpu_capability") and len(log) == 2
     assert ",mnist,4," in log[1]
-    assert "## Machine time" in (fake / "reports" / "poster.md").read_text()
+    report = (fake / "reports" / "poster.md").read_text()
+    assert "## Machine time" in report and "[poster/machine-time.csv](poster/machine-time.csv)" in report
+    assert str(fake) not in report  # no path of this machine in a committed report
     assert run_poster([*SMALL, "--hours", "1"]) == 0 and queued() == set()
     with pytest.raises(SystemExit):
         run_poster([*SMALL, "--hours", "-1"])

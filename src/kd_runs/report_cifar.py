@@ -210,8 +210,11 @@ def machine_time(path: Path) -> list[str]:
         total.setdefault(key, [0, 0])
         total[key][0] += float(r["seconds"])
         total[key][1] += int(r["experiments_run"])
+    rel = f"{path.parent.name}/{path.name}"
     lines = ["## Machine time", "",
-             f"Wall time of the invocations that ran experiments (`{path.as_posix()}` lists each), by part and "
+             # Relative to the report beside the folder, so the link works in any clone.
+             f"Wall time of the invocations that ran experiments ([{rel}]({rel}) lists each; it also counts "
+             "runs that a later code change made stale), by part and "
              "by the CPU they ran on (torch capability, what `precision: auto` chose there):", ""]
     lines += _table(["part", "CPU, precision, device", "experiments run", "hours"],
                     [[part, cpu, f"{n:.0f}", f"{sec / 3600:.2f}"] for (part, cpu), (sec, n) in total.items()])
