@@ -33,7 +33,8 @@ CIFAR_FAMILIES = {                      # kind: (teacher arch, student arch)
     "self": ("vgg8", "vgg8"),
     "hetero": ("vgg8", "resnet8"),      # VGG -> ResNet, the other way across
 }
-TEACHER_EPOCHS = (20, 40)               # the plateau check: 40 is what the study's teachers train
+TEACHER_EPOCHS = (20, 40, 80)           # each a doubling; the last is what the study's teachers train,
+                                        # the one before it checks their plateau
 BUDGETS = (5, 10, 30)                   # student epochs: today's 5 up to 6x
 TUNE_BUDGET = 10                        # T and alpha chosen here, on seed 0's validation accuracy
 GRID = {"temperature": (2, 4, 8), "alpha": (0.5, 0.9)}
