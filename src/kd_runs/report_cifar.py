@@ -181,7 +181,8 @@ def claims(runs: list[Run]) -> list[str]:
 
     def detail(what: dict) -> str:
         nums = fmt_paired(what)
-        return f"{nums[0]} points, 95% CI {nums[1]}, p {nums[2]}" if what["n"] > 1 else nums[0]
+        return (f"{nums[0]} points over {what['n']} seeds, 95% CI {nums[1]}, p {nums[2]}"
+                if what["n"] > 1 else nums[0])
 
     def line(key: str, what: dict, text: str) -> str:
         return f"- **{CLAIMS[key]}**: {verdict(what)}. {text}: {detail(what)}."
