@@ -17,7 +17,7 @@ from conftest import MIRROR, PROJECT_FILES, REPO, sh
 from kd.paths import metrics_file
 from kd_runs import dvc_exps, poster
 from kd_runs.experiments import Experiment, PosterError, profile_overrides
-from kd_runs.experiments import BUDGETS, TEACHER_EPOCHS, choose, plan, study_runs
+from kd_runs.experiments import BUDGETS, STUDY_TEACHER_EPOCHS, TEACHER_EPOCHS, choose, plan, study_runs
 from kd_runs.report import gain_test, pct, verdict, write_report
 
 EVALUATION = metrics_file("evaluate").as_posix()
@@ -83,6 +83,9 @@ def test_the_cifar_study_tunes_on_validation_then_runs_every_budget_and_seed():
     assert {e.kind for e in study_runs(REPO, choose(partial))} == {"reversed"}
 
     study = study_runs(REPO, chosen)
+    # Every study run shares one teacher per arch; its doubled twin only checks the plateau.
+    assert {e.overrides["teacher.epochs"] for e in study} == {STUDY_TEACHER_EPOCHS}
+    assert 2 * STUDY_TEACHER_EPOCHS in TEACHER_EPOCHS
     for kind in ("reversed", "self"):
         assert {(e.overrides["student.epochs"], e.seed) for e in study if e.kind == kind} == {
             (b, s) for b in BUDGETS for s in (0, 1, 2)}
@@ -125,7 +128,7 @@ def test_the_study_report_gives_intervals_and_verdicts(tmp_path):
     assert re.search(r"Reversed KD.*: confirmed", claims)
     assert re.search(r"Self-KD.*: not resolved at this scale", claims)
     assert re.search(r"VGG -> ResNet\*\*: refuted", claims)
-    assert "+0.20 points: plateau" in text  # teachers: the last doubling, 40 -> 80 epochs
+    assert "+0.40 points: not yet at its plateau" in text  # teachers: 80 -> 160 epochs, the study's doubled
     assert (tmp_path / "poster" / "cifar-budget.png").stat().st_size > 1000
     for block in re.findall(r"((?:^\|.*\n)+)", text, flags=re.M):
         assert len({line.count("|") for line in block.splitlines()}) == 1, block

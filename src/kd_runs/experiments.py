@@ -33,8 +33,8 @@ CIFAR_FAMILIES = {                      # kind: (teacher arch, student arch)
     "self": ("vgg8", "vgg8"),
     "hetero": ("vgg8", "resnet8"),      # VGG -> ResNet, the other way across
 }
-TEACHER_EPOCHS = (20, 40, 80)           # each a doubling; the last is what the study's teachers train,
-                                        # the one before it checks their plateau
+STUDY_TEACHER_EPOCHS = 80               # what every study run's teacher trains
+TEACHER_EPOCHS = (20, 40, 80, 160)      # each a doubling; the one after the study's checks its plateau
 BUDGETS = (5, 10, 30)                   # student epochs: today's 5 up to 6x
 TUNE_BUDGET = 10                        # T and alpha chosen here, on seed 0's validation accuracy
 GRID = {"temperature": (2, 4, 8), "alpha": (0.5, 0.9)}
@@ -109,15 +109,15 @@ def hinton(root: Path, profile: str = HINTON_PROFILE) -> list[Setting]:
 
 
 def family(base: dict, kind: str, budget: int, **more) -> dict[str, Any]:
-    """A study run: `kind`'s nets, the longer plateau-checked teacher, `budget` student epochs."""
+    """A study run: `kind`'s nets, the plateau-checked teacher, `budget` student epochs."""
     teacher, student = CIFAR_FAMILIES[kind]
-    return {**base, "teacher.arch": teacher, "teacher.epochs": max(TEACHER_EPOCHS), "student.arch": student,
+    return {**base, "teacher.arch": teacher, "teacher.epochs": STUDY_TEACHER_EPOCHS, "student.arch": student,
             "student.epochs": budget, **more}
 
 
 def cifar_tuning(root: Path, profile: str = CIFAR_PROFILE) -> list[Setting]:
-    """Phase 1: each teacher at two lengths (train_teacher only), the T x alpha grid of the tuned
-    families and the smoothing grid, all at one seed."""
+    """Phase 1: each teacher at every length of its ladder (train_teacher only), the T x alpha grid
+    of the tuned families and the smoothing grid, all at one seed."""
     base = profile_keys(root, profile)
     out = [Setting(f"cifar-teacher-{arch}-e{e}", "teacher",
                    {**base, "teacher.arch": arch, "teacher.epochs": e}, ("train_teacher",))
