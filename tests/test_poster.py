@@ -275,6 +275,10 @@ def test_only_experiments_whose_params_or_code_changed_run_again(fake):
     state = json.loads(state_file.read_text())
     next(e for e in state["exps"] if e["name"] == "mnist-T20-s1")["params"]["alpha"] = 0.5
     state_file.write_text(json.dumps(state))
+    record_file = fake / "reports" / "poster" / "runs.jsonl"  # which that run would have recorded
+    runs = [json.loads(line) for line in record_file.read_text().splitlines()]
+    next(r for r in runs if r["name"] == "mnist-T20-s1")["params"]["alpha"] = 0.5
+    record_file.write_text("".join(json.dumps(r) + "\n" for r in runs))
     assert run_poster() == 0
     assert dvc_calls("exp", "remove") == [["exp", "remove", "mnist-T20-s1"]]
     assert queued() == {"mnist-T20-s1"}
@@ -290,6 +294,69 @@ def test_only_experiments_whose_params_or_code_changed_run_again(fake):
     sh(["git", "commit", "-qam", "code"], fake)
     assert run_poster() == 0
     assert queued() == SMALL_NAMES and dvc_calls("exp", "remove") == []  # the old ones stay, on their commit
+
+
+def forget_dvc_experiments(proj: Path) -> None:
+    """What a fresh clone has: no experiment refs, nothing in DVC's queue."""
+    state_file = Path(os.environ["FAKE_DVC_STATE"])
+    state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "exps": []}))
+    for ref in sh(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], proj).stdout.split():
+        sh(["git", "update-ref", "-d", ref], proj)
+
+
+def test_a_fresh_clone_reuses_the_recorded_experiments_until_code_or_params_change(fake):
+    assert run_poster() == 0
+    record_file = fake / "reports" / "poster" / "runs.jsonl"
+    lines = record_file.read_text().splitlines()
+    assert [json.loads(line)["name"] for line in lines] == sorted(SMALL_NAMES)
+    report = (fake / "reports" / "poster.md").read_text()
+    tables = [line for line in report.splitlines() if line.startswith("| student")]
+
+    forget_dvc_experiments(fake)
+    assert run_poster() == 0
+    assert queued() == set()
+    again = (fake / "reports" / "poster.md").read_text()
+    assert "0 run now and 4 reused" in again
+    assert [line for line in again.splitlines() if line.startswith("| student")] == tables
+    assert record_file.read_text().splitlines() == lines
+
+    # A recorded run with other params is stale, and only it runs again (and is recorded anew).
+    edited = [json.loads(line) for line in lines]
+    edited[0]["params"]["alpha"] = 0.5
+    record_file.write_text("".join(json.dumps(run) + "\n" for run in edited))
+    assert run_poster() == 0
+    assert queued() == {edited[0]["name"]}
+    assert json.loads(record_file.read_text().splitlines()[0])["params"]["alpha"] != 0.5
+
+    # Pipeline code changed: every recorded run is stale (uncommitted edits count too: see the
+    # fingerprint test; the scripted dvc could not run them).
+    forget_dvc_experiments(fake)
+    with open(fake / "dvc.yaml", "a") as f:
+        f.write("# a change\n")
+    sh(["git", "commit", "-qam", "code"], fake)
+    assert run_poster() == 0
+    assert queued() == SMALL_NAMES
+
+
+def test_a_broken_record_line_is_named_and_nothing_runs(fake, capsys):
+    record_file = fake / "reports" / "poster" / "runs.jsonl"
+    record_file.parent.mkdir(parents=True)
+    record_file.write_text('{"name": "mnist-T20-s0"}\n')
+    assert run_poster() == 2
+    assert "runs.jsonl:1: not a recorded experiment" in capsys.readouterr().err
+    assert not Path(os.environ["FAKE_DVC_STATE"]).exists()  # dvc was never called
+    assert record_file.read_text() == '{"name": "mnist-T20-s0"}\n'
+
+
+def test_the_code_fingerprint_of_a_commit_and_of_the_working_tree_agree(fake):
+    code = dvc_exps.pipeline_code(fake)
+    assert dvc_exps.fingerprint(fake, code) == dvc_exps.fingerprint(fake, code, "HEAD")
+    (fake / "params.yaml").write_text((fake / "params.yaml").read_text() + "# edited\n")
+    (fake / "README.md").write_text("not pipeline code\n")
+    sh(["git", "add", "README.md"], fake)
+    assert dvc_exps.fingerprint(fake, ["dvc.yaml"]) == dvc_exps.fingerprint(fake, ["dvc.yaml"], "HEAD")
+    assert dvc_exps.fingerprint(fake, ["dvc.yaml", "params.yaml"]) != dvc_exps.fingerprint(
+        fake, ["dvc.yaml", "params.yaml"], "HEAD")
 
 
 def test_a_time_limit_runs_one_at_a_time_and_the_next_run_goes_on(fake, capsys):
@@ -425,6 +492,17 @@ def test_real_dvc_shares_the_teacher_reuses_and_reports_a_failure(tmp_path):
     assert again.returncode == 1 and "3 experiments, 2 up to date, 1 to run" in again.stdout
     assert "mnist: 2 of 3 experiments finished" in (proj / "reports" / "poster.md").read_text()
     assert "not run: mnist-omit3-s0" in again.stderr
+
+    # A fresh clone has none of DVC's experiment refs: the committed record brings the two back.
+    sh(["git", "add", "reports/poster/runs.jsonl"], proj)
+    sh(["git", "commit", "-qm", "record"], proj)
+    sh(["git", "clone", "-q", str(proj), str(tmp_path / "clone")], tmp_path)
+    fresh = sh([*cmd, "--report-only"], tmp_path / "clone", env=env, check=False)
+    assert fresh.returncode == 1 and "3 experiments, 2 up to date, 1 to run" in fresh.stdout, fresh.stdout
+    def results(report: Path) -> str:  # the sections after the header (which names the commit)
+        return report.read_text().split("\n## ", 1)[1].split("## Not run")[0]
+    assert results(tmp_path / "clone" / "reports" / "poster.md") == results(proj / "reports" / "poster.md")
+    assert "98.50" in results(proj / "reports" / "poster.md")  # the toy student's accuracy
 
 
 @pytest.mark.skipif(not (MIRROR / "mnist").is_dir(), reason="needs the MNIST mirror")

@@ -9,6 +9,7 @@ nothing.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import tempfile
@@ -33,6 +34,7 @@ class Shown:
     rev: str                       # its own commit (for a failed one: what was queued)
     params: dict                   # params.yaml, flattened
     metrics: dict[str, dict]       # metrics file path -> its content, for those it wrote
+    code: str | None = None        # recorded runs (kd_runs.record): the fingerprint of the code it ran
 
 
 def _tool(name: str, root: Path, args, check: bool) -> subprocess.CompletedProcess:
@@ -93,15 +95,34 @@ def pipeline_code(root: Path) -> list[str]:
                   | {"dvc.yaml"})
 
 
+def fingerprint(root: Path, code: list[str], rev: str | None = None) -> str:
+    """Hash of (path, blob) of every tracked file under `code`: at commit `rev`, or as the
+    working tree has it now (uncommitted edits included, as `git diff` would see them)."""
+    if rev is not None:
+        rows = git(root, "ls-tree", "-r", rev, "--", *code).stdout.splitlines()
+        blobs = sorted((row.split("\t", 1)[1], row.split()[2]) for row in rows)
+    else:
+        files = [f for f in git(root, "ls-files", "--", *code).stdout.splitlines() if (root / f).is_file()]
+        hashes = git(root, "hash-object", "--", *files).stdout.split() if files else []
+        blobs = sorted(zip(files, hashes))
+    return hashlib.sha256("".join(f"{path} {blob}\n" for path, blob in blobs).encode()).hexdigest()
+
+
 def current(root: Path, exps: list[Experiment], shown: list[Shown]) -> dict[str, Shown]:
-    """Experiment name -> a finished run of it (from `show`) with the params and pipeline
-    code we would queue now, for those that have one."""
-    code, found = pipeline_code(root), {}
+    """Experiment name -> a finished run of it (from `show`, or recorded) with the params and
+    pipeline code we would queue now, for those that have one. DVC's own runs come first."""
+    code, found, now = pipeline_code(root), {}, None
     for exp in exps:
         want = exp.params(root)
-        for run in shown:
-            if (run.name == exp.name and run.state == "success" and run.params == want
-                    and git(root, "diff", "--quiet", run.rev, "--", *code, check=False).returncode == 0):
+        for run in sorted(shown, key=lambda run: run.code is not None):
+            if run.name != exp.name or run.state != "success" or run.params != want:
+                continue
+            if run.code is None:
+                same = git(root, "diff", "--quiet", run.rev, "--", *code, check=False).returncode == 0
+            else:
+                now = now or fingerprint(root, code)
+                same = run.code == now
+            if same:
                 found[exp.name] = run
                 break
     return found

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from kd_runs import dvc_exps, experiments
+from kd_runs import dvc_exps, experiments, record
 from kd_runs.experiments import CIFAR_PROFILE, PARTS, SEEDS, TEMPERATURES, PosterError
 from kd_runs.report import write_report
 
@@ -60,17 +60,21 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     deadline = None if args.hours is None else time.time() + 3600 * args.hours
     lines, everything = [], []
+    # Finished experiments outlive this clone in a committed file beside the report (kd_runs.record).
+    record_file = root / Path(args.out).with_suffix("") / "runs.jsonl"
     try:
+        recorded = record.load(record_file)
         shown = dvc_exps.show(root)
 
         def phase(part: str, exps: list[experiments.Experiment], step: str = "") -> dict[str, dvc_exps.Shown]:
             """Run what is not up to date yet; the finished ones, by name."""
             nonlocal shown
             budget, part = BUDGET_MIN[part], f"{part} {step}".strip()
-            reused = dvc_exps.current(root, exps, shown)
+            reused = dvc_exps.current(root, exps, shown + recorded)
             todo = [e for e in exps if e.name not in reused]
             print(f"poster: {part}: {len(exps)} experiments, {len(reused)} up to date, {len(todo)} to run", flush=True)
             everything.extend(exps)
+            record.save(record_file, root, dvc_exps.pipeline_code(root), list(reused.values()))
             if args.report_only:
                 lines.append(f"- {part}: {len(reused)} of {len(exps)} experiments finished (report only)")
                 return reused
@@ -80,6 +84,7 @@ def main(argv=None) -> int:
             if todo:
                 shown = dvc_exps.show(root)
             ran = dvc_exps.current(root, todo, shown)
+            record.save(record_file, root, dvc_exps.pipeline_code(root), list(ran.values()))
             lines.append(f"- {part}: {len(exps)} experiments, {len(ran)} run now and {len(reused)} reused; "
                          f"wall time {_hm(seconds)} (budget {budget} min)")
             print(f"poster: {part}: {len(ran)}/{len(todo)} ran in {_hm(seconds)}", flush=True)
@@ -95,7 +100,7 @@ def main(argv=None) -> int:
             done = phase("cifar", exps, "tuning")  # teachers and grids, at seed 0
             chosen = experiments.choose([(e, done[e.name].metrics if e.name in done else None) for e in exps])
             phase("cifar", experiments.study_runs(root, chosen, args.seeds, args.profile), "study")
-        found = dvc_exps.current(root, everything, shown)
+        found = dvc_exps.current(root, everything, shown + recorded)
         commit = dvc_exps.git(root, "rev-parse", "--short", "HEAD").stdout.strip()
         # The report's own files do not make the code dirty: a rerun rewrites them.
         out, top = (root / args.out).resolve(), root.resolve()
