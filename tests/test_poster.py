@@ -326,7 +326,7 @@ def test_a_fresh_clone_reuses_the_recorded_experiments_until_code_or_params_chan
     # A recorded run with other params is stale, and only it runs again (and is recorded anew).
     edited = [json.loads(line) for line in lines]
     edited[0]["params"]["alpha"] = 0.5
-    record_file.write_text("".join(json.dumps(run) + "\n" for run in edited))
+    record_file.write_text("\n".join(json.dumps(run) + "\n" for run in edited))  # blank lines are skipped
     assert run_poster() == 0
     assert queued() == {edited[0]["name"]}
     assert json.loads(record_file.read_text().splitlines()[0])["params"]["alpha"] != 0.5

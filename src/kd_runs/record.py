@@ -23,6 +23,8 @@ def load(path: Path) -> list[Shown]:
         return []
     runs = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
         try:
             run = Shown(**{**json.loads(line), "state": "success"})
             if not (isinstance(run.code, str) and isinstance(run.params, dict) and isinstance(run.metrics, dict)):
