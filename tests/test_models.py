@@ -26,7 +26,12 @@ def test_poster_conv_net_parameter_counts(arch, expected):
     assert count_params(new_model(arch, "cifar10")) == expected
 
 
-@pytest.mark.parametrize("arch", ["resnet8", "resnet20", "vgg8"])
+def test_the_cpu_studys_reversed_teacher_is_smaller_than_its_student():
+    # Reversed KD needs a smaller teacher: vgg5 (99,210 params) teaches vgg8 (147,930).
+    assert count_params(new_model("vgg5", "cifar10")) == 99_210 < count_params(new_model("vgg8", "cifar10"))
+
+
+@pytest.mark.parametrize("arch", ["resnet8", "resnet20", "vgg8", "vgg5"])
 def test_small_conv_nets_classify_cifar_images_in_fp32_and_bf16(arch):
     torch.manual_seed(0)
     model = new_model(arch, "cifar10").eval()

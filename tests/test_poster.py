@@ -63,7 +63,7 @@ def test_the_cifar_study_tunes_on_validation_then_runs_every_budget_and_seed():
     assert {e.seed for e in tuning} == {0}
     teachers = [e for e in tuning if e.kind == "teacher"]
     assert {(e.overrides["teacher.arch"], e.overrides["teacher.epochs"]) for e in teachers} == {
-        (a, n) for a in ("resnet8", "vgg8") for n in TEACHER_EPOCHS}
+        (a, n) for a in ("vgg5", "vgg8") for n in TEACHER_EPOCHS}
     assert all(e.targets == ("train_teacher",) for e in teachers)
     assert len([e for e in tuning if e.kind == "grid-self"]) == len([e for e in tuning if e.kind == "grid-reversed"]) == 6
     # Validation accuracy picks; test accuracy (evaluate.json) must not matter.
@@ -110,7 +110,7 @@ def test_the_study_report_gives_intervals_and_verdicts(tmp_path):
 
     def metrics(e):
         if e.targets:
-            per_epoch = 1 / 20_000 if e.overrides["teacher.arch"] == "resnet8" else 1 / 80_000
+            per_epoch = 1 / 20_000 if e.overrides["teacher.arch"] == "vgg5" else 1 / 80_000
             return {teacher: {"val_acc": 0.80 + e.overrides["teacher.epochs"] * per_epoch}}
         base = 0.80 + e.seed / 100
         gain = {"reversed": 0.01 + e.seed / 1000, "self": -0.002 + e.seed / 500, "hetero": -0.01 - e.seed / 1000,
@@ -124,14 +124,14 @@ def test_the_study_report_gives_intervals_and_verdicts(tmp_path):
     out = tmp_path / "poster.md"
     write_report(out, runs, header=["h"], temperatures=[20], chosen=chosen)
     text = out.read_text()
-    row = next(line for line in text.splitlines() if line.startswith("| reversed KD, resnet8 -> vgg8 | 30 |"))
+    row = next(line for line in text.splitlines() if line.startswith("| reversed KD, vgg5 -> vgg8 | 30 |"))
     assert "| 3 |" in row and "+1.10 ± 0.10" in row and "[+0.85, +1.35]" in row  # mean ± t(0.975, 2)·sd/√3
     claims = text.split("### The poster's claims")[1]
     assert re.search(r"Reversed KD.*: confirmed", claims)
     assert re.search(r"Self-KD.*: not resolved at this scale", claims)
     assert re.search(r"VGG -> ResNet\*\*: refuted", claims)
     # Teachers: 80 -> 160 epochs, the study's doubled; under 0.3 points counts as the plateau.
-    assert re.search(r"^\| resnet8 \|.*\| \+0\.40 points: not yet at its plateau \|$", text, flags=re.M)
+    assert re.search(r"^\| vgg5 \|.*\| \+0\.40 points: not yet at its plateau \|$", text, flags=re.M)
     assert re.search(r"^\| vgg8 \|.*\| \+0\.10 points: plateau \|$", text, flags=re.M)
     assert (tmp_path / "poster" / "cifar-budget.png").stat().st_size > 1000
     for block in re.findall(r"((?:^\|.*\n)+)", text, flags=re.M):
@@ -374,6 +374,7 @@ def test_a_time_limit_runs_one_at_a_time_and_the_next_run_goes_on(fake, capsys):
     assert ",mnist,4," in log[1]
     report = (fake / "reports" / "poster.md").read_text()
     assert "## Machine time" in report and "[poster/machine-time.csv](poster/machine-time.csv)" in report
+    assert re.search(r"^\| mnist \| .* \| 4 \| [0-9.]+ \|$", report, flags=re.M)  # the runs' own commit counts
     assert str(fake) not in report  # no path of this machine in a committed report
     assert run_poster([*SMALL, "--hours", "1"]) == 0 and queued() == set()
     with pytest.raises(SystemExit):
@@ -540,3 +541,19 @@ def test_poster_shares_the_teacher_and_a_rerun_trains_nothing(tmp_path):
     again = sh(cmd, proj, env=env)
     assert "4 experiments, 4 up to date, 0 to run" in again.stdout
     assert "0 run now and 4 reused" in (proj / "reports" / "poster.md").read_text()
+
+
+def test_machine_time_counts_only_the_invocations_of_the_reported_runs(tmp_path):
+    from kd_runs.report_cifar import machine_time
+    csv_file = tmp_path / "machine-time.csv"
+    csv_file.write_text("date,commit,part,experiments_run,seconds,cpu_capability,auto_precision,device\n"
+                        "2026-11-30,aaaaaaa,cifar tuning,4,3600,AVX512,bf16,cpu\n"
+                        "2026-12-01,bbbbbbb,cifar study,8,5400,AVX512,bf16,cpu\n"
+                        "2026-12-01,bbbbbbb,cifar tuning,2,1800,AVX2,fp32,cpu\n")
+    text = "\n".join(machine_time(csv_file, {"b" * 40}))
+    assert "| cifar study | AVX512, bf16, cpu | 8 | 1.50 |" in text
+    assert "| cifar tuning | AVX2, fp32, cpu | 2 | 0.50 |" in text and "AVX512, bf16, cpu | 4 |" not in text
+    assert "The CIFAR-10 study in all: 2.00 h." in text
+    assert "Not counted: 1.00 h of invocations on earlier code" in text
+    everything = "\n".join(machine_time(csv_file))
+    assert "| cifar tuning | AVX512, bf16, cpu | 4 | 1.00 |" in everything and "Not counted" not in everything

@@ -26,12 +26,14 @@ CIFAR_PROFILE = "profiles/cifar10-cpu.yaml"
 PARTS = ("mnist", "hinton", "cifar")
 
 # ---- the CIFAR-10 study (issue #16): where does distillation pay on a CPU? -------------------
-# The cheapest nets that keep each relation of the poster: resnet8 (78k params) is the smaller
-# net, vgg8 (148k) the larger; they cross VGG <-> ResNet both ways.
+# The cheapest nets that keep each relation of the poster: vgg5 (99k params) is the smaller
+# teacher, vgg8 (148k) the larger net, resnet8 (78k) the ResNet that VGG knowledge crosses to.
+# Every teacher must reach its plateau within STUDY_TEACHER_EPOCHS: resnet8 did not (80 -> 160
+# epochs added +0.98 points), so it is a student only.
 CIFAR_FAMILIES = {                      # kind: (teacher arch, student arch)
-    "reversed": ("resnet8", "vgg8"),    # a smaller ResNet teaches a larger VGG (poster: VGG13 -> ResNet18)
+    "reversed": ("vgg5", "vgg8"),       # a smaller, weaker VGG teaches a larger one (poster: VGG13 -> ResNet18)
     "self": ("vgg8", "vgg8"),
-    "hetero": ("vgg8", "resnet8"),      # VGG -> ResNet, the other way across
+    "hetero": ("vgg8", "resnet8"),      # VGG -> ResNet, as the poster's pair crosses
 }
 STUDY_TEACHER_EPOCHS = 80               # what every study run's teacher trains
 TEACHER_EPOCHS = (20, 40, 80, 160)      # each a doubling; the one after the study's checks its plateau

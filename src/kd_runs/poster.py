@@ -122,7 +122,8 @@ def main(argv=None) -> int:
               "student seeds (sample std); one teacher per setting (`teacher.seed: 0`). \"Exceeds seed noise\": "
               "a paired t-test over seeds of distilled vs true-label student, p < 0.05."]
     runs = [(e, found[e.name].metrics if e.name in found else None) for e in everything]
-    write_report(root / args.out, runs, header=header, temperatures=temps, chosen=chosen)
+    write_report(root / args.out, runs, header=header, temperatures=temps, chosen=chosen,
+                 commits={run.baseline for run in found.values()})
     print(f"poster: wrote {args.out} ({len(found)}/{len(runs)} experiments)")
     if len(found) < len(runs):
         print(f"poster: not run: {', '.join(e.name for e, m in runs if m is None)} "

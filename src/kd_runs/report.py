@@ -204,7 +204,8 @@ def hinton_section(runs: list[Run]) -> list[str]:
     return lines
 
 
-def write_report(path: Path, runs: list[Run], *, header: list[str], temperatures, chosen=None) -> None:
+def write_report(path: Path, runs: list[Run], *, header: list[str], temperatures, chosen=None,
+                 commits: set[str] | None = None) -> None:
     from kd_runs import report_cifar  # it imports this module
     lines = ["# Knowledge distillation: the poster's experiments, rerun", "", *header, ""]
     parts = {e.part for e, _ in runs}
@@ -220,7 +221,7 @@ def write_report(path: Path, runs: list[Run], *, header: list[str], temperatures
     if missing:
         lines += ["## Not run", "", "These experiments failed or did not finish (`dvc queue logs <name>` "
                   "shows why): " + ", ".join(missing), ""]
-    lines += report_cifar.machine_time(path.with_suffix("") / "machine-time.csv")
+    lines += report_cifar.machine_time(path.with_suffix("") / "machine-time.csv", commits)
     lines += ["## Experiments", "", "`dvc exp show` lists them (on the commit they ran from); the rows above "
               "average these:", ""]
     lines += _table(["experiment", "seed", "`-S` overrides of params.yaml"],

@@ -3,7 +3,7 @@
 Convs keep their biases (redundant before BN) to match the public definition's count.
 vgg13 is the CIFAR variant used by most public KD code (kuangliu/pytorch-cifar:
 five 2x2 pools down to 1x1, then 512 -> classes; 9,416,010 params).
-vgg8 is a narrow small VGG for the CPU profile.
+vgg8 and vgg5 are narrow small VGGs for the CPU profile.
 """
 from __future__ import annotations
 
@@ -38,3 +38,10 @@ def vgg13(**kw) -> nn.Module:
 def vgg8(**kw) -> nn.Module:
     """Six conv layers, 16-128 channels: the CPU profile's small VGG."""
     return vgg([16, 16, M, 32, 32, M, 64, 64, M, 128, M], **kw)
+
+
+@register("vgg5")
+def vgg5(**kw) -> nn.Module:
+    """vgg8 with one conv per stage (99k params, about twice as fast to train on a CPU): the CPU
+    study's smaller teacher, chosen because it reaches its plateau within 80 epochs."""
+    return vgg([16, M, 32, M, 64, M, 128, M], **kw)
