@@ -230,8 +230,9 @@ def machine_time(path: Path, commits: set[str] | None = None) -> list[str]:
     if cifar:
         lines += ["", f"The CIFAR-10 study in all: {cifar / 3600:.2f} h."]
     if stale:
-        lines += ["", f"Not counted: {stale / 3600:.2f} h of invocations on earlier code, whose runs a later "
-                      "change of the pipeline code made stale."]
+        # Off every reported run's commit: code changed since, or a part this report leaves out.
+        lines += ["", f"Not counted: {stale / 3600:.2f} h of invocations on earlier code or of parts this "
+                      "report leaves out: no experiment shown here ran on their commits."]
     return lines
 
 
