@@ -555,5 +555,6 @@ def test_machine_time_counts_only_the_invocations_of_the_reported_runs(tmp_path)
     assert "| cifar tuning | AVX2, fp32, cpu | 2 | 0.50 |" in text and "AVX512, bf16, cpu | 4 |" not in text
     assert "The CIFAR-10 study in all: 2.00 h." in text
     assert "Not counted: 1.00 h of invocations on earlier code" in text
+    assert "\n\n\n" not in text and text.endswith("\n")  # one blank line between blocks, one before the next heading
     everything = "\n".join(machine_time(csv_file))
     assert "| cifar tuning | AVX512, bf16, cpu | 4 | 1.00 |" in everything and "Not counted" not in everything

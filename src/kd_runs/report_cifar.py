@@ -228,11 +228,11 @@ def machine_time(path: Path, commits: set[str] | None = None) -> list[str]:
                     [[part, cpu, f"{n:.0f}", f"{sec / 3600:.2f}"] for (part, cpu), (sec, n) in total.items()])
     cifar = sum(sec for (part, _), (sec, _) in total.items() if part.startswith("cifar"))
     if cifar:
-        lines += ["", f"The CIFAR-10 study in all: {cifar / 3600:.2f} h."]
+        lines += [f"The CIFAR-10 study in all: {cifar / 3600:.2f} h.", ""]
     if stale:
         # Off every reported run's commit: code changed since, or a part this report leaves out.
-        lines += ["", f"Not counted: {stale / 3600:.2f} h of invocations on earlier code or of parts this "
-                      "report leaves out: no experiment shown here ran on their commits."]
+        lines += [f"Not counted: {stale / 3600:.2f} h of invocations on earlier code or of parts this "
+                  "report leaves out: no experiment shown here ran on their commits.", ""]
     return lines
 
 
