@@ -1,15 +1,14 @@
 """Stage evaluate: test-set numbers for teacher, baseline student and distilled student,
 and what each model costs to run."""
 from kd.checkpoint import load_model
-from kd.datasets import DATASETS
 from kd.device import describe, hardware_info
 from kd.evaluate import confusion_rows, reliability_rows, report
 from kd.files import write_csv, write_json
 from kd.model_cost import model_cost, model_latency
 from kd.models import count_params
 from kd.paths import metrics_file, model_file, plot_file, split_file
-from kd.predict import predict
-from kd.splits import load_split
+from kd.inference import predict
+from kd.splits import load_spec, load_split
 from kd_runs.figures import confusion_matrix, reliability_diagram
 from kd_runs.stage import stage
 
@@ -17,7 +16,7 @@ ROLES = ("teacher", "baseline", "student")  # teacher first: the others are comp
 
 with stage("evaluate") as run:
     p = run.params
-    info = DATASETS[p.data.dataset]
+    info = load_spec()
     x, y = load_split("test")
     test = (split_file("test"), f"{p.data.dataset}-test")
     run.tracking.log_data_input(test[0], test[1], "evaluation", profile={"images": len(y)})

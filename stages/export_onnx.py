@@ -1,7 +1,6 @@
 """Stage export_onnx: the distilled student as ONNX (and an int8 copy), checked
 with onnxruntime against PyTorch on the whole test set."""
-from kd.checkpoint import load_model
-from kd.datasets import DATASETS
+from kd.checkpoint import checkpoint_spec, load_model
 from kd.export import check_export, export_latency, export_onnx, quantize_int8
 from kd.files import write_json
 from kd.paths import metrics_file, model_file, onnx_file, split_file
@@ -10,10 +9,12 @@ from kd_runs.stage import stage
 
 with stage("export_onnx") as run:
     model, ckpt = load_model(model_file("student"))
-    shape = DATASETS[ckpt["dataset"]].shape
+    spec = checkpoint_spec(ckpt)
+    shape = spec.shape
     fp32, int8 = onnx_file("student"), onnx_file("student", ".int8")
-    export_onnx(model, shape, fp32)
-    quantize_int8(fp32, int8)
+    # The class names and input spec travel inside the files (kd.predict reads them).
+    export_onnx(model, spec, fp32)
+    quantize_int8(fp32, int8, spec)
     x, y = load_split("test")
     check = check_export(model, fp32, int8, x, y)
     # Exact numbers here; wall-clock ones apart, so a rerun leaves export.json identical.

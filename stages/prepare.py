@@ -1,24 +1,40 @@
-"""Stage prepare: raw data (mirror or download) -> train / val / test uint8 tensors."""
-from kd.datasets import DATASETS, check_split, split_train_val
-from kd.files import save_torch, staged_dir
-from kd.params import resolve_mirror
-from kd.paths import RAW, split_file
+"""Stage prepare: raw data (mirror, download or your image folder) -> train / val / test
+uint8 tensors, and what a model needs to know of them (data/prepared/meta.json)."""
+from kd.datasets import DATASETS, FOLDER, ImageSpec, builtin_spec, check_split, split_train_val
+from kd.files import save_torch, staged_dir, write_json
+from kd.image_folder import channel_stats, read_folder
+from kd.params import resolve_input, resolve_mirror
+from kd.paths import PREPARED_META, RAW, split_file
 from kd_runs.stage import stage
 
 with stage("prepare") as run:
     p = run.params.data
-    info = DATASETS[p.dataset]
     # Everything is decoded and checked before the new raw data is swapped in
-    # and any split written: the JPEG mirror is decoded lazily, so a bad image
-    # shows only here, and a failure leaves the old raw data alone.
+    # and any split written: a bad image shows here, and leaves the old data alone.
     with staged_dir(RAW / p.dataset) as tmp:
-        raw = info.fetch(resolve_mirror(p.mirror), tmp)
-        # max_train applies before indexing: a lazily decoded dataset decodes only what is kept.
-        train, val = split_train_val(*raw["train"], p.val_size, p.split_seed, p.max_train)
-        x_test, y_test = raw["test"]
-        splits = {"train": train, "val": val, "test": (x_test[:], y_test)}
+        if p.dataset == FOLDER:
+            found = read_folder(resolve_input(p.path), p.image_size, val_size=p.val_size, test_size=p.test_size,
+                                seed=p.split_seed)
+            splits = found["splits"]
+            splits["train"] = tuple(t[: p.max_train] for t in splits["train"])
+            # Normalisation from the training split only: nothing of val or test leaks into it.
+            spec = ImageSpec(tuple(found["classes"]), (3, p.image_size, p.image_size), *map(tuple, channel_stats(
+                splits["train"][0])))
+            print(f"decoded {found['images']} images in {found['seconds']:.1f}s "
+                  f"({found['images'] / found['seconds']:.0f} images/s); classes {list(spec.classes)}; "
+                  f"splits from {'the folder' if 'all' not in found['layout'] else 'a stratified, seeded split'}")
+            write_json(tmp / "source.json", {"source": str(p.path), "layout": found["layout"]})
+        else:
+            raw = DATASETS[p.dataset].fetch(resolve_mirror(p.mirror), tmp)
+            # max_train applies before indexing: a lazily decoded dataset decodes only what is kept.
+            train, val = split_train_val(*raw["train"], p.val_size, p.split_seed, p.max_train)
+            x_test, y_test = raw["test"]
+            splits = {"train": train, "val": val, "test": (x_test[:], y_test)}
+            spec = builtin_spec(p.dataset)
         for split, (x, y) in splits.items():
-            check_split(split, x, y, info)
+            check_split(split, x, y, spec)
     for split, (x, y) in splits.items():
         save_torch({"x": x, "y": y}, split_file(split))
         print(f"{split}: {len(y)} images, {tuple(x.shape[1:])}")
+    write_json(PREPARED_META, {**spec.to_json(), "dataset": p.dataset,
+                               "images": {split: len(y) for split, (_, y) in splits.items()}})

@@ -97,3 +97,40 @@ def set_param(proj: Path, key: str, value) -> None:
         node = node[k]
     node[leaf] = value
     path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+FOLDER_CLASSES = ("airplane", "cat", "ship", "truck")
+
+
+def make_image_folder(root: Path, per_class: int = 40, classes=FOLDER_CLASSES, split: str = "train",
+                      start: int = 0) -> Path:
+    """<root>/<class>/<image> from the CIFAR-10 mirror, in mixed formats: mostly its JPEGs,
+    a few PNG, greyscale, RGBA, palette and upscaled (non-square) ones, one with an EXIF
+    rotation, so every conversion in kd.image_folder is exercised."""
+    from PIL import Image
+
+    src = MIRROR / "cifar10-jpeg" / split
+    if not src.is_dir():
+        pytest.skip("needs the CIFAR-10 mirror")
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + per_class):
+            img = src / c / f"{i:04d}.jpg"
+            kind = i % 10
+            if kind == 1:
+                Image.open(img).save(root / c / f"{i:04d}.png")
+            elif kind == 2:
+                Image.open(img).convert("L").save(root / c / f"{i:04d}.png")
+            elif kind == 3:
+                Image.open(img).convert("RGBA").save(root / c / f"{i:04d}.png")
+            elif kind == 4:
+                Image.open(img).convert("P").save(root / c / f"{i:04d}.gif")
+            elif kind == 5:
+                Image.open(img).resize((48, 40)).save(root / c / f"{i:04d}.webp")
+            elif kind == 6:
+                exif = Image.Exif()
+                exif[0x0112] = 3  # rotated 180 degrees
+                Image.open(img).rotate(180).save(root / c / f"{i:04d}.jpg", exif=exif)
+            else:
+                shutil.copyfile(img, root / c / f"{i:04d}.jpg")
+    return root

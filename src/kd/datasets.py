@@ -1,5 +1,6 @@
 """Raw datasets: fetched from a local mirror or the official source, checked, and
-turned into uint8 tensors that fit in memory (MNIST 47 MB, CIFAR-10 184 MB)."""
+turned into uint8 tensors (MNIST 47 MB, CIFAR-10 184 MB); a folder of your own
+images is read by kd.image_folder."""
 from __future__ import annotations
 
 import shutil
@@ -26,6 +27,28 @@ class DatasetInfo:
     std: tuple[float, ...]
     fetch: Callable[[Path | None, Path], dict[str, tuple[torch.Tensor, torch.Tensor]]]
     classes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What a model needs to know of its data, kept in data/prepared/meta.json and in
+    every checkpoint, so a model file alone says how to feed it and name its outputs."""
+    classes: tuple[str, ...]
+    shape: tuple[int, int, int]  # C, H, W
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_json(self) -> dict:
+        return {"classes": list(self.classes), "shape": list(self.shape), "mean": list(self.mean),
+                "std": list(self.std)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ImageSpec":
+        return cls(tuple(d["classes"]), tuple(d["shape"]), tuple(d["mean"]), tuple(d["std"]))
 
 
 # torchvision's own names and md5s; the mirror holds exactly these files.
@@ -184,6 +207,17 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+# A folder of your own images (kd.image_folder): its classes, size and statistics
+# are known only once `prepare` has read it.
+FOLDER = "folder"
+DATASET_NAMES = (*DATASETS, FOLDER)
+
+
+def builtin_spec(name: str) -> ImageSpec:
+    info = DATASETS[name]
+    return ImageSpec(info.classes, info.shape, info.mean, info.std)
+
+
 def split_train_val(x, y: torch.Tensor, val_size: int, seed: int, max_train: int | None = None):
     """Seeded split; then only the first max_train training images (smoke tests)."""
     if not 0 < val_size < len(y):
@@ -193,10 +227,12 @@ def split_train_val(x, y: torch.Tensor, val_size: int, seed: int, max_train: int
     return (x[train], y[train]), (x[val], y[val])
 
 
-def check_split(name: str, x: torch.Tensor, y: torch.Tensor, info: DatasetInfo) -> None:
+def check_split(name: str, x: torch.Tensor, y: torch.Tensor, info: DatasetInfo | ImageSpec) -> None:
     if x.dtype != torch.uint8 or tuple(x.shape[1:]) != info.shape:
         raise DataError(f"{name}: expected uint8 images of shape {info.shape}, got {x.dtype} {tuple(x.shape[1:])}")
     if len(x) != len(y):
         raise DataError(f"{name}: {len(x)} images but {len(y)} labels")
-    if len(y) and not (0 <= int(y.min()) and int(y.max()) < info.num_classes):
+    if len(y) == 0:
+        raise DataError(f"{name}: no images (give it a larger share, or more images)")
+    if not (0 <= int(y.min()) and int(y.max()) < info.num_classes):
         raise DataError(f"{name}: labels outside 0..{info.num_classes - 1}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +82,19 @@ def deps_md5(deps: list[str]) -> dict[str, str]:
     return {str(f): file_md5(f) for d in deps for f in _files(Path(d))}
 
 
+def interpolate(path: str, params: Params) -> str:
+    """`${data.path}` -> its value, as DVC's templating fills dvc.yaml from params.yaml."""
+    flat = flatten(params.model_dump())
+    return re.sub(r"\$\{([^}]+)\}", lambda m: str(flat[m.group(1).strip()]), path)
+
+
 def stage_fingerprint(stage: str, params: Params, script: str) -> str:
     """A hash of what the stage declares: its params and the content of its deps.
     A stage dvc.yaml does not know hashes all params and its own script."""
     spec = dvc_stage(stage)
+    deps = [interpolate(d, params) for d in spec["deps"]] if spec else [script]
     blob = {"stage": stage, "params": select(params, stage_param_keys(spec) if spec else None),
-            "deps": deps_md5(spec["deps"] if spec else [script])}
+            "deps": deps_md5(deps)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -6,6 +6,7 @@ the graph; logits [N, classes]. N is dynamic.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -17,8 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from kd.datasets import ImageSpec
 from kd.files import write_bytes
-from kd.predict import predict
+from kd.inference import predict
 
 INPUT, OUTPUT = "images", "logits"
 # fp32 ONNX against fp32 PyTorch differs by float rounding only (~1e-6 on MNIST
@@ -30,17 +32,42 @@ class ExportMismatchError(RuntimeError):
     """The ONNX model does not compute what the PyTorch model computes."""
 
 
-def export_onnx(model: nn.Module, in_shape: tuple[int, ...], path: str | Path) -> None:
+SPEC_KEY = "kd.image_spec"  # ONNX metadata: classes, shape, mean, std (kd.datasets.ImageSpec as JSON)
+
+
+def with_spec(proto, spec: ImageSpec):
+    """The class names and input shape, as model metadata: the file alone is enough to
+    preprocess an image and name the prediction (`python -m kd.predict`)."""
+    keep = [p for p in proto.metadata_props if p.key != SPEC_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = SPEC_KEY, json.dumps(spec.to_json())
+    return proto
+
+
+def read_spec(path: str | Path) -> ImageSpec | None:
+    """The spec an exported file carries, or None."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    for p in proto.metadata_props:
+        if p.key == SPEC_KEY:
+            return ImageSpec.from_json(json.loads(p.value))
+    return None
+
+
+def export_onnx(model: nn.Module, spec: ImageSpec, path: str | Path) -> None:
     """torch.onnx's dynamo exporter (the default since torch 2.9; needs onnxscript),
     with a dynamic batch dimension."""
     model = model.cpu().float().eval()
-    example = torch.zeros(2, *in_shape)
+    example = torch.zeros(2, *spec.shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (example,), input_names=[INPUT], output_names=[OUTPUT],
                                     dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
                                     dynamo=True, verbose=False)
-    write_bytes(path, without_stack_traces(program.model_proto).SerializeToString())
+    write_bytes(path, with_spec(without_stack_traces(program.model_proto), spec).SerializeToString())
 
 
 def without_stack_traces(proto):
@@ -55,8 +82,9 @@ def without_stack_traces(proto):
     return proto
 
 
-def quantize_int8(src: str | Path, dst: str | Path) -> None:
+def quantize_int8(src: str | Path, dst: str | Path, spec: ImageSpec) -> None:
     """Dynamic int8 quantization of the weights (activations quantized at run time)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst = Path(dst)
@@ -67,7 +95,7 @@ def quantize_int8(src: str | Path, dst: str | Path) -> None:
     root.setLevel(logging.ERROR)
     try:
         quantize_dynamic(str(src), tmp, weight_type=QuantType.QInt8)
-        os.replace(tmp, dst)
+        write_bytes(dst, with_spec(onnx.load(tmp), spec).SerializeToString())
     finally:
         root.setLevel(level)
         Path(tmp).unlink(missing_ok=True)
@@ -85,7 +113,7 @@ def session(path: str | Path):
 
 
 def onnx_predict(sess, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Logits for uint8 images x, scaled like kd.predict.predict."""
+    """Logits for uint8 images x, scaled like kd.inference.predict."""
     out = [sess.run([OUTPUT], {INPUT: x[i : i + batch_size].float().div_(255).numpy()})[0]
            for i in range(0, len(x), batch_size)]
     return torch.from_numpy(np.concatenate(out))

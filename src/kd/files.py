@@ -75,10 +75,10 @@ class InputFileError(UserError, RuntimeError):
     """A file an earlier stage should have written is missing or unreadable."""
 
 
-def load_torch(path: str | Path) -> Any:
+def load_torch(path: str | Path, *, mmap: bool = False) -> Any:
     # Our own files hold only tensors, dicts and plain values: weights_only is enough.
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise InputFileError(f"{path}: missing; run `dvc repro` to make it") from None
     except Exception as e:  # truncated zip, foreign pickle, ...

@@ -16,15 +16,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from kd.datasets import DATASETS
+from kd.datasets import DATASET_NAMES, DATASETS, FOLDER
 from kd.dvc_yaml import YAMLSyntaxError, parse_yaml
 from kd.errors import UserError
-from kd.models import MODELS
+from kd.models import check_arch, input_problem
+from kd.paths import NO_INPUT
 
 PARAMS_FILE = "params.yaml"
 
 
-def _one_of(registry: dict, what: str) -> AfterValidator:
+def _one_of(registry, what: str) -> AfterValidator:
     def check(name: str) -> str:
         if name not in registry:
             raise ValueError(f"unknown {what} {name!r}; choose one of {sorted(registry)}")
@@ -32,9 +33,18 @@ def _one_of(registry: dict, what: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+def _arch(name: str) -> str:
+    check_arch(name)  # ValueError naming the choices
+    return name
+
+
 # Names looked up in the registries, checked when params are loaded.
-DatasetName = Annotated[str, _one_of(DATASETS, "dataset")]
-ArchName = Annotated[str, _one_of(MODELS, "arch")]
+DatasetName = Annotated[str, _one_of(DATASET_NAMES, "dataset")]
+ArchName = Annotated[str, AfterValidator(_arch)]
+# A share of the images: a count (int) or a fraction of each class (float).
+Share = Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0, lt=1)]
+# dvc.yaml lists these paths as dependencies, so they must name a file: NO_INPUT when unused.
+InputPath = Annotated[str, Field(min_length=1)]
 
 
 class ParamsError(UserError, ValueError):
@@ -59,7 +69,13 @@ class DataParams(_Strict):
     # download from the official source. Relative paths are taken from the
     # project root, also for `dvc exp run --queue` runs in .dvc/tmp/exps.
     mirror: str | None = None
-    val_size: int = Field(5000, ge=1)
+    # dataset: folder: the image folder, <path>/<class>/<image> (or train/ val/ test/ inside).
+    path: InputPath = NO_INPUT
+    # dataset: folder: images are resized to this square once, in prepare.
+    image_size: int | None = Field(None, ge=8, le=1024)
+    val_size: Share = 5000
+    # dataset: folder without a test/ folder: the test share, carved like val_size.
+    test_size: Share = 0.2
     # Separate from `seed` so a seed sweep trains new models on the same split.
     split_seed: Seed = 0
     # Keep only the first N training images (null = all): for smoke tests.
@@ -91,6 +107,16 @@ class TeacherParams(TrainParams):
     # Its own seed, apart from the top-level `seed`: a seed sweep then trains new
     # students against one teacher, which DVC's run-cache trains only once.
     seed: Seed = 0
+    # A weights file (state dict) to start from; 0 epochs uses it as it is.
+    init: InputPath = NO_INPUT
+    epochs: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _something_to_teach(self) -> "TeacherParams":
+        if self.epochs == 0 and self.init == NO_INPUT:
+            raise ValueError("teacher.epochs: 0 means the teacher is used as teacher.init gives it, "
+                             "but teacher.init is not set: name a weights file, or train for some epochs")
+        return self
 
 
 class BaselineParams(_Strict):
@@ -135,11 +161,28 @@ class Params(_Strict):
 
     @model_validator(mode="after")
     def _classes_exist(self) -> "Params":
-        info = DATASETS[self.data.dataset]
-        if self.data.val_size >= info.train_size:
-            raise ValueError(f"data.val_size: {self.data.val_size} leaves no training images "
-                             f"({self.data.dataset} has {info.train_size})")
-        num_classes = info.num_classes
+        d = self.data
+        if d.dataset == FOLDER:
+            if d.image_size is None:
+                raise ValueError("data.image_size: required for a folder dataset (images are resized to it), "
+                                 "e.g. 32, 64, 96, 128 or 224")
+            num_classes, shape = _folder_classes(d.path), (3, d.image_size, d.image_size)
+        else:
+            info = DATASETS[d.dataset]
+            if d.image_size is not None and (d.image_size,) * 2 != info.shape[1:]:
+                raise ValueError(f"data.image_size: {d.image_size}, but {d.dataset} images are "
+                                 f"{info.shape[1]}x{info.shape[2]} and only folder datasets are resized; use null")
+            if not isinstance(d.val_size, int):
+                raise ValueError(f"data.val_size: {d.val_size} is a fraction; {d.dataset} takes a count of images")
+            if d.val_size >= info.train_size:
+                raise ValueError(f"data.val_size: {d.val_size} leaves no training images "
+                                 f"({d.dataset} has {info.train_size})")
+            num_classes, shape = info.num_classes, info.shape
+        for role in ("teacher", "student"):
+            arch = getattr(self, role).arch
+            if problem := input_problem(arch, shape, num_classes):
+                raise ValueError(f"{role}.arch: {arch} cannot take {shape[1]}x{shape[2]} images "
+                                 f"({problem}); choose a larger data.image_size or another arch")
         bad = [c for c in self.omit_classes if not 0 <= c < num_classes]
         if bad:
             raise ValueError(
@@ -151,11 +194,11 @@ class Params(_Strict):
             if size % n:
                 raise ValueError(f"{role}.batch_size: {size} is not a multiple of distributed.processes={n} "
                                  "(each process takes an equal share of every batch)")
-        side = min(info.shape[1:])
+        side = min(shape[1:])
         for role in ("teacher", "student"):
             jitter = getattr(self, role).jitter
             if jitter >= side:  # and a huge one pads every batch out of memory
-                raise ValueError(f"{role}.jitter: {jitter} shifts the {side}x{side} {self.data.dataset} images "
+                raise ValueError(f"{role}.jitter: {jitter} shifts the {side}x{side} {d.dataset} images "
                                  f"out of the frame; use less than {side}")
         s = self.student
         if self.soft_labels.views > 1 and not (s.jitter or s.flip):
@@ -166,6 +209,21 @@ class Params(_Strict):
         if len(set(self.omit_classes)) >= num_classes:
             raise ValueError("omit_classes: omits every class; the student would have no data")
         return self
+
+
+def _folder_classes(path: str) -> int:
+    from kd.image_folder import ImageFolderError, class_names
+
+    try:
+        return len(class_names(resolve_input(path)))
+    except ImageFolderError as e:
+        raise ValueError(str(e)) from None
+
+
+def resolve_input(path: str) -> Path:
+    """data.path / teacher.init, as dvc.yaml's deps read them: relative to the stage's
+    working directory (in a `dvc exp run --queue` copy, the copy's own files)."""
+    return Path(os.path.expanduser(path))
 
 
 def project_root(start: Path | None = None) -> Path:

@@ -5,6 +5,9 @@ from pathlib import Path
 PARAMS_OK = Path("data/params.ok")  # check_params' marker: every stage depends on it
 RAW = Path("data/raw")
 PREPARED = Path("data/prepared")
+PREPARED_META = PREPARED / "meta.json"  # classes, shape, mean, std (kd.datasets.ImageSpec)
+# DVC has no optional dependencies: data.path and teacher.init name this file when unused.
+NO_INPUT = "data/none"
 SOFT_LABELS = Path("data/soft_labels.pt")
 MODELS = Path("models")
 METRICS = Path("metrics")

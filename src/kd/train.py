@@ -15,7 +15,7 @@ from kd.augment import apply_shifts, draw_shifts
 from kd.device import autocast, resolve_precision
 from kd.errors import UserError
 from kd.params import TrainParams
-from kd.predict import predict
+from kd.inference import predict
 from kd.resume import ResumeState
 from kd.soft_labels import LiveTeacher, ViewCache
 
@@ -102,6 +102,26 @@ def make_optimizer(model: nn.Module, cfg: TrainParams, steps: int):
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     return opt, sched
+
+
+@torch.no_grad()
+def evaluate_as_is(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
+                   loss_fn: Callable[[torch.Tensor, dict], torch.Tensor], *, device: torch.device,
+                   precision: str) -> dict:
+    """The row `fit` would log after an epoch, for a model that trains for none
+    (a teacher used as teacher.init gives it)."""
+    model.to(device)
+    t0 = time.perf_counter()
+    train_logits = predict(model, train[0], device=device, precision=precision)
+    val_logits = predict(model, val[0], device=device, precision=precision)
+    return {
+        "epoch": 0,
+        "train_loss": loss_fn(train_logits, {"y": train[1]}).item(),
+        "train_acc": (train_logits.argmax(1) == train[1]).float().mean().item(),
+        "val_loss": torch.nn.functional.cross_entropy(val_logits, val[1]).item(),
+        "val_acc": (val_logits.argmax(1) == val[1]).float().mean().item(),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def fit(

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from kd import distributed
-from kd.checkpoint import new_model, save_model
+from kd.checkpoint import InitWeightsError, load_init, new_model, save_model
 from kd.declared import stage_fingerprint
 from kd.device import describe, hardware_info, prepare_model, resolve_precision, seed_everything
 from kd.files import write_csv, write_json
@@ -19,8 +19,8 @@ from kd.params import Params, TrainParams, check_training_set
 from kd.paths import curve_file, metrics_file, model_file
 from kd.resume import ResumeState
 from kd.soft_labels import LiveTeacher, ViewCache
-from kd.splits import load_split
-from kd.train import TensorBatches, fit
+from kd.splits import load_spec, load_split
+from kd.train import TensorBatches, evaluate_as_is, fit
 
 
 class StageContext(Protocol):
@@ -34,14 +34,23 @@ class StageContext(Protocol):
 
 
 def train_model(ctx: StageContext, role: str, cfg: TrainParams, data: tuple[torch.Tensor, torch.Tensor],
-                loss_fn: Callable, *, seed: int, teacher: ViewCache | LiveTeacher | None = None
-                ) -> tuple[nn.Module, list[dict]]:
-    """Train `role` (teacher, baseline, student) on data = (x, y); returns (model, history)."""
+                loss_fn: Callable, *, seed: int, teacher: ViewCache | LiveTeacher | None = None,
+                init: str | None = None) -> tuple[nn.Module, list[dict]]:
+    """Train `role` (teacher, baseline, student) on data = (x, y), from the weights file
+    `init` if given; returns (model, history). With cfg.epochs 0 the model is only evaluated."""
     x, y = data
     p = ctx.params
     check_training_set(p, role, len(y))
     seed_everything(seed)  # the model's init
-    model = new_model(cfg.arch, p.data.dataset, dropout=cfg.dropout, input_dropout=cfg.input_dropout)
+    spec = load_spec()
+    model = new_model(cfg.arch, spec, dropout=cfg.dropout, input_dropout=cfg.input_dropout)
+    if init is not None:
+        note = load_init(model, init, cfg.arch)
+        if note and cfg.epochs == 0:
+            raise InitWeightsError(f"{note}; with {role}.epochs: 0 that head would stay random: "
+                                   "fine-tune for at least one epoch")
+        if note and distributed.is_main():
+            print(f"[{ctx.name}] {note}", flush=True)
     precision = resolve_precision(cfg.precision, ctx.device)
     model = prepare_model(model, precision)
     if distributed.is_main():
@@ -53,10 +62,14 @@ def train_model(ctx: StageContext, role: str, cfg: TrainParams, data: tuple[torc
     ctx.resume = ResumeState(ctx.name, stage_fingerprint(ctx.name, p, sys.argv[0]))
     if distributed.is_main():
         ctx.resume.prune()
-    history = fit(model, batches, load_split("val"), loss_fn, cfg, device=ctx.device, resume=ctx.resume,
-                  on_epoch=ctx.on_epoch)
+    if cfg.epochs:
+        history = fit(model, batches, load_split("val"), loss_fn, cfg, device=ctx.device, resume=ctx.resume,
+                      on_epoch=ctx.on_epoch)
+    else:  # used as it is: its numbers as "epoch 0"
+        history = [evaluate_as_is(model, (x, y), load_split("val"), loss_fn, device=ctx.device,
+                                  precision=precision)]
     if distributed.is_main():  # every rank holds the same weights; rank 0 writes
-        save_model(model_file(role), model, arch=cfg.arch, dataset=p.data.dataset,
+        save_model(model_file(role), model, arch=cfg.arch, dataset=p.data.dataset, spec=spec,
                    dropout=cfg.dropout, input_dropout=cfg.input_dropout)
         # Without wall times, so reruns write identical files.
         write_csv(curve_file(role), [{k: v for k, v in h.items() if k != "seconds"} for h in history])
@@ -64,7 +77,7 @@ def train_model(ctx: StageContext, role: str, cfg: TrainParams, data: tuple[torc
         write_json(metrics_file(role), {
             "val_acc": round(last["val_acc"], 6), "val_loss": round(last["val_loss"], 6),
             "train_acc": round(last["train_acc"], 6),
-            "epochs": len(history), "train_samples": len(y),
+            "epochs": cfg.epochs, "train_samples": len(y),
             # Results are bit-identical only on the same kind of CPU/GPU and precision.
             **hardware_info(ctx.device, precision),
         })
