@@ -36,7 +36,7 @@ def make_toy_images():
     return x, y
 
 
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src", "data/none", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"]
 
 
 def sh(args, cwd, check=True, env=None, unset=()):

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import MIRROR, set_param
+from conftest import MIRROR, make_image_folder, set_param
 from kd.datasets import MNIST_FILES
 from kd.files import file_md5
 
@@ -121,6 +121,40 @@ def other_teacher_precision(proj):
     param("teacher.precision", "fp32" if teacher["precision"] != "fp32" else "bf16")(proj)
 
 
+def folder(mutate=lambda root: None, *, splits=False, **params):
+    """A small image folder `imgs/` (4 CIFAR classes; train/ and test/ with splits=True),
+    damaged by `mutate(root)`, and params that read it."""
+    def edit(proj):
+        root = proj / "imgs"
+        if splits:
+            make_image_folder(root / "train", per_class=4)
+            make_image_folder(root / "test", per_class=2, split="test")
+        else:
+            make_image_folder(root, per_class=4)
+        mutate(root)
+        for key, value in {"data.dataset": "folder", "data.path": "imgs", "data.image_size": 32,
+                           "data.val_size": 0.25, "data.test_size": 0.25, **params}.items():
+            set_param(proj, key, value)
+    return edit
+
+
+def bomb(root):
+    from PIL import Image
+    Image.new("1", (10000, 10000)).save(root / "cat" / "huge.png")  # 100M pixels, 12 kB on disk
+
+
+def teacher_init(write):
+    def edit(proj):
+        write(proj / "init.pt")
+        set_param(proj, "teacher.init", "init.pt")
+    return edit
+
+
+def resnet18_weights(path):
+    import torchvision
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), path)
+
+
 CASES = [
     # (id, stage, edit, message)
     ("temperature-zero", "check_params", param("temperature", 0), "temperature: Input should be greater than or equal to 0.01"),
@@ -186,6 +220,38 @@ CASES = [
      r"omit_classes: \[\d\] leaves the baseline no training images: data.max_train: 1 keeps only images of those"),
     ("empty-transfer-set-student", "train_student", empty_transfer_set("generate_soft_labels"),
      r"omit_classes: \[\d\] leaves the student no training images"),
+    # Your own images (data.dataset: folder) and your own teacher (teacher.init).
+    ("folder-missing", "check_params", folder(lambda r: shutil.rmtree(r)), r"data.path: imgs is not a folder"),
+    ("folder-empty", "check_params", folder(lambda r: [shutil.rmtree(d) for d in r.iterdir()]), "data.path: imgs is empty"),
+    ("folder-without-image-size", "check_params", folder(**{"data.image_size": None}), "data.image_size: required for a folder"),
+    ("class-folder-empty", "prepare", folder(lambda r: [f.unlink() for f in (r / "cat").iterdir()]),
+     "imgs/cat: class folder with no images"),
+    ("single-class", "check_params", folder(lambda r: [shutil.rmtree(d) for d in r.iterdir() if d.name != "ship"]),
+     r"holds a single class \(ship\)"),
+    ("image-truncated", "prepare",
+     folder(lambda r: [f.write_bytes(f.read_bytes()[:300]) for f in (r / "cat/0000.jpg", r / "ship/0007.jpg")]),
+     r"imgs/cat/0000.jpg: cannot be decoded .*; 1 more unreadable: imgs/ship/0007.jpg"),
+    ("not-an-image", "prepare", folder(lambda r: (r / "cat" / "notes.txt").write_text("hi")),
+     "imgs/cat/notes.txt: not an image Pillow can read"),
+    ("decompression-bomb", "prepare", folder(bomb), r"imgs/cat/huge.png: larger than Pillow's decompression-bomb limit "
+     r"\(PIL.Image.MAX_IMAGE_PIXELS"),
+    ("split-classes-differ", "check_params", folder(lambda r: shutil.rmtree(r / "test" / "cat"), splits=True),
+     r"the class folders of test/ differ from train/'s: missing \['cat'\]"),
+    ("image-in-train-and-test", "prepare",
+     folder(lambda r: shutil.copyfile(r / "train/cat/0001.png", r / "test/ship/x.png"), splits=True),
+     r"the same image is in two splits \(1 pair.*imgs/train/cat/0001.png = imgs/test/ship/x.png"),
+    ("image-size-too-small-for-net", "check_params", folder(**{"teacher.arch": "torchvision.inception_v3"}),
+     r"teacher.arch: torchvision.inception_v3 cannot take 32x32 images \(.*\); choose a larger data.image_size"),
+    ("unknown-torchvision-arch", "check_params", param("student.arch", "torchvision.resnet9000"),
+     r"student.arch: unknown arch 'torchvision.resnet9000': torchvision's classification models are"),
+    ("teacher-zero-epochs-no-init", "check_params", param("teacher.epochs", 0), "teacher.epochs: 0 uses the teacher as"),
+    ("init-missing", "train_teacher", param("teacher.init", "nope.pt"), "teacher.init: nope.pt not found"),
+    ("init-not-weights", "train_teacher", teacher_init(lambda p: p.write_text("weights?")),
+     r"teacher.init: init.pt is not a plain weights file: torch.load\(weights_only=True\) refused it"),
+    ("init-pickled-code", "train_teacher", teacher_init(lambda p: torch.save({"fn": print}, p)),
+     "teacher.init: init.pt is not a plain weights file"),
+    ("init-other-arch", "train_teacher", teacher_init(resnet18_weights),
+     r"teacher.init: init.pt does not fit mlp1200: it has no '2.weight'"),
 ]
 
 

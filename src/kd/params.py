@@ -111,13 +111,6 @@ class TeacherParams(TrainParams):
     init: InputPath = NO_INPUT
     epochs: int = Field(ge=0)
 
-    @model_validator(mode="after")
-    def _something_to_teach(self) -> "TeacherParams":
-        if self.epochs == 0 and self.init == NO_INPUT:
-            raise ValueError("teacher.epochs: 0 means the teacher is used as teacher.init gives it, "
-                             "but teacher.init is not set: name a weights file, or train for some epochs")
-        return self
-
 
 class BaselineParams(_Strict):
     # The true-label student trains with `student`'s params; this is its control knob:
@@ -161,6 +154,9 @@ class Params(_Strict):
 
     @model_validator(mode="after")
     def _classes_exist(self) -> "Params":
+        if self.teacher.epochs == 0 and self.teacher.init == NO_INPUT:
+            raise ValueError("teacher.epochs: 0 uses the teacher as teacher.init gives it, but teacher.init "
+                             f"is {NO_INPUT} (none): name a weights file, or train for some epochs")
         d = self.data
         if d.dataset == FOLDER:
             if d.image_size is None:
