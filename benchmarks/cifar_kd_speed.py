@@ -43,7 +43,7 @@ from kd.files import InputFileError
 from kd.losses import LOSSES
 from kd.dvc_yaml import parse_yaml
 from kd.params import TrainParams
-from kd.predict import predict
+from kd.inference import predict
 from kd.soft_labels import LiveTeacher, ViewCache, teacher_view_logits, view_shifts
 from kd.train import TensorBatches, fit, make_optimizer
 

@@ -35,7 +35,7 @@ from kd.device import autocast, hardware_info, pick_device, prepare_model, resol
 from kd.dvc_yaml import parse_yaml
 from kd.losses import LOSSES
 from kd.params import Params
-from kd.predict import predict
+from kd.inference import predict
 from kd.soft_labels import LiveTeacher
 from kd.train import TensorBatches, fit, make_optimizer
 

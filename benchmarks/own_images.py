@@ -39,10 +39,12 @@ def build_folder(mirror: Path, root: Path, classes: list[str], n: dict[str, int]
 
 
 class PeakMemory:
-    """Polls every process below this one: the largest RSS and anonymous RSS seen, in MiB."""
+    """Polls every process below this one: per stage script, the largest RSS and anonymous
+    RSS seen (MiB), and over all of them."""
 
     def __init__(self, every: float = 0.2):
         self.rss = self.anon = 0.0
+        self.stages: dict[str, tuple[float, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, args=(every,), daemon=True)
 
@@ -51,11 +53,15 @@ class PeakMemory:
         while not self._stop.wait(every):
             for p in me.children(recursive=True):
                 try:
-                    full = p.memory_info()
+                    m, cmd = p.memory_info(), " ".join(p.cmdline())
                 except (psutil.Error, OSError):
                     continue
-                self.rss = max(self.rss, full.rss / 2**20)
-                self.anon = max(self.anon, (full.rss - full.shared) / 2**20)
+                rss, anon = m.rss / 2**20, (m.rss - m.shared) / 2**20
+                self.rss, self.anon = max(self.rss, rss), max(self.anon, anon)
+                if "stages/" in cmd:
+                    stage = cmd.split("stages/")[1].split(".py")[0]
+                    old = self.stages.get(stage, (0.0, 0.0))
+                    self.stages[stage] = (max(old[0], rss), max(old[1], anon))
 
     def __enter__(self):
         self._thread.start()
@@ -126,8 +132,10 @@ def main() -> None:
     for line in log.splitlines():
         if line.startswith("decoded "):
             print(f"  prepare: {line}")
+    print(f"  {'stage':22s} {'seconds':>8s} {'peak RSS':>9s} {'anonymous':>10s} (MiB)")
     for f in sorted((proj / "metrics/timing").glob("*.json")):
-        print(f"  {f.stem:22s} {json.loads(f.read_text())['seconds']:7.1f} s")
+        rss, anon = mem.stages.get(f.stem, (float("nan"),) * 2)
+        print(f"  {f.stem:22s} {json.loads(f.read_text())['seconds']:8.1f} {rss:9.0f} {anon:10.0f}")
     print(f"dvc repro in all: {total:.0f} s; peak stage RSS {mem.rss:.0f} MiB, of it anonymous {mem.anon:.0f} MiB")
     shown = [p.relative_to(proj) for p in sorted((proj / "data/images/test").rglob("*.jpg"))[:: args.test][:3]]
     print(run([sys.executable, "-m", "kd.predict", "models/student.onnx", *map(str, shown)], proj, env), end="")

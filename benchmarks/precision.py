@@ -25,7 +25,7 @@ from kd.device import autocast, cpu_capability, describe, native_bf16, pick_devi
 from kd.losses import LOSSES
 from kd.models import MODELS
 from kd.params import TrainParams
-from kd.predict import predict
+from kd.inference import predict
 from kd.train import TensorBatches, make_optimizer
 
 LARGE = ("resnet18", "vgg13")  # GPU-profile nets: minutes per point on a 2-core CPU

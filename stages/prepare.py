@@ -34,7 +34,9 @@ with stage("prepare") as run:
         for split, (x, y) in splits.items():
             check_split(split, x, y, spec)
     for split, (x, y) in splits.items():
-        save_torch({"x": x, "y": y}, split_file(split))
+        # torch.save writes a view's whole storage: a split sliced from all the images would hold them all.
+        x = x.clone() if x.untyped_storage().nbytes() > x.nbytes else x
+        save_torch({"x": x, "y": y}, split_file(split), stream=True)
         print(f"{split}: {len(y)} images, {tuple(x.shape[1:])}")
     write_json(PREPARED_META, {**spec.to_json(), "dataset": p.dataset,
                                "images": {split: len(y) for split, (_, y) in splits.items()}})

@@ -40,9 +40,18 @@ def _atomic(path: Path, write) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def save_torch(obj: Any, path: str | Path) -> None:
+def save_torch(obj: Any, path: str | Path, *, stream: bool = False) -> None:
     # Serialised in memory first: torch.save turns a failed write (disk full,
-    # file size limit) into a RuntimeError that no longer says why.
+    # file size limit) into a RuntimeError that no longer says why. stream=True
+    # (large tensors: no second copy in memory) keeps torch's own words instead.
+    if stream:
+        def write(f):
+            try:
+                torch.save(obj, f)
+            except RuntimeError as e:
+                raise OSError(str(e).splitlines()[0]) from None
+        _atomic(Path(path), write)
+        return
     buf = io.BytesIO()
     torch.save(obj, buf)
     _atomic(Path(path), lambda f: f.write(buf.getbuffer()))
