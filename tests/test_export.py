@@ -7,6 +7,7 @@ import torch
 
 import kd.models
 from kd.checkpoint import new_model
+from kd.datasets import builtin_spec
 from kd.export import ExportMismatchError, check_export, export_latency, export_onnx, onnx_predict, quantize_int8, \
     session
 
@@ -20,9 +21,9 @@ def exported(tmp_path_factory):
     torch.manual_seed(0)
     model = new_model("mlp800", "mnist").eval()
     path = tmp_path_factory.mktemp("onnx") / "student.onnx"
-    export_onnx(model, (1, 28, 28), path)
+    export_onnx(model, builtin_spec("mnist"), path)
     int8 = path.with_suffix(".int8.onnx")
-    quantize_int8(path, int8)
+    quantize_int8(path, int8, builtin_spec("mnist"))
     return model, path, int8
 
 

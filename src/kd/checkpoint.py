@@ -16,12 +16,16 @@ class InitWeightsError(UserError, ValueError):
     """teacher.init is missing, not plain weights, or for another architecture."""
 
 
-def new_model(arch: str, spec: ImageSpec, **kwargs) -> nn.Module:
+def new_model(arch: str, spec: ImageSpec | str, **kwargs) -> nn.Module:
+    """`arch` for data described by `spec` (or by a built-in dataset's name)."""
+    spec = builtin_spec(spec) if isinstance(spec, str) else spec
     return build_model(arch, num_classes=spec.num_classes, in_shape=spec.shape, mean=spec.mean,
                        std=spec.std, **kwargs)
 
 
-def save_model(path: str | Path, model: nn.Module, *, arch: str, dataset: str, spec: ImageSpec, **kwargs) -> None:
+def save_model(path: str | Path, model: nn.Module, *, arch: str, dataset: str, spec: ImageSpec | None = None,
+               **kwargs) -> None:
+    spec = spec or builtin_spec(dataset)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_torch({"arch": arch, "dataset": dataset, "spec": spec.to_json(), "kwargs": kwargs,
                 "state_dict": state}, path)
