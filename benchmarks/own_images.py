@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--teacher", default="torchvision.resnet18")
     ap.add_argument("--student", default="torchvision.mobilenet_v3_small")
     ap.add_argument("--epochs", type=int, nargs=2, default=[15, 15], metavar=("TEACHER", "STUDENT"))
+    ap.add_argument("--until", metavar="STAGE", help="run `dvc repro STAGE` only (e.g. train_teacher: memory)")
     ap.add_argument("--dir", type=Path, help="project directory (default: a temp dir, removed)")
     args = ap.parse_args()
 
@@ -115,20 +116,21 @@ def main() -> None:
         run(cmd, proj, env)
     t0 = time.perf_counter()
     with PeakMemory() as mem:
-        log = run([sys.executable, "-m", "dvc", "repro"], proj, env)
+        log = run([sys.executable, "-m", "dvc", "repro", *([args.until] if args.until else [])], proj, env)
     total = time.perf_counter() - t0
     (work / "repro.log").write_text(log)
-    ev = json.loads((proj / "metrics/evaluate.json").read_text())
     meta = json.loads((proj / "data/prepared/meta.json").read_text())
     prepared = sum(f.stat().st_size for f in (proj / "data/prepared").glob("*.pt")) / 2**20
+    teacher = json.loads((proj / "metrics/teacher.json").read_text())
     print(f"folder: {len(args.classes)} classes {args.classes}, {meta['images']} images, {args.image_size}x"
           f"{args.image_size}; prepared tensors {prepared:.1f} MiB")
     print(f"teacher {args.teacher} ({args.epochs[0]} epochs), student {args.student} ({args.epochs[1]} epochs), "
-          f"T=4, alpha=0.9, 4 cached views; {ev['hardware']['cpu_capability']}, precision "
-          f"{json.loads((proj / 'metrics/teacher.json').read_text())['precision']}")
-    for role in ("teacher", "baseline", "student"):
-        print(f"  {role:9s} test accuracy {ev[role]['accuracy']:.4f}  params {ev[role]['params']:,}")
-    print(f"  kd_gain {ev['kd_gain']:+.4f}")
+          f"T=4, alpha=0.9, 4 cached views; {teacher['cpu_capability']}, precision {teacher['precision']}")
+    if (proj / "metrics/evaluate.json").exists():
+        ev = json.loads((proj / "metrics/evaluate.json").read_text())
+        for role in ("teacher", "baseline", "student"):
+            print(f"  {role:9s} test accuracy {ev[role]['accuracy']:.4f}  params {ev[role]['params']:,}")
+        print(f"  kd_gain {ev['kd_gain']:+.4f}")
     for line in log.splitlines():
         if line.startswith("decoded "):
             print(f"  prepare: {line}")
@@ -137,6 +139,8 @@ def main() -> None:
         rss, anon = mem.stages.get(f.stem, (float("nan"),) * 2)
         print(f"  {f.stem:22s} {json.loads(f.read_text())['seconds']:8.1f} {rss:9.0f} {anon:10.0f}")
     print(f"dvc repro in all: {total:.0f} s; peak stage RSS {mem.rss:.0f} MiB, of it anonymous {mem.anon:.0f} MiB")
+    if args.until:
+        return
     shown = [p.relative_to(proj) for p in sorted((proj / "data/images/test").rglob("*.jpg"))[:: args.test][:3]]
     print(run([sys.executable, "-m", "kd.predict", "models/student.onnx", *map(str, shown)], proj, env), end="")
     if not args.dir:
