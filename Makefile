@@ -12,7 +12,7 @@ PIP_COMPILE := $(if $(PYTHONDONTWRITEBYTECODE),,--no-compile)
 # Stage commands say `python`: make it the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install repro test poster browser clean-venv
+.PHONY: install repro test poster predict browser clean-venv
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ repro: $(STAMP)
 # Options: make poster ARGS="--parts mnist --seeds 0 1 2 3" (see python -m kd_runs.poster --help).
 poster: $(STAMP)
 	PYTHONPATH=src python -m kd_runs.poster $(ARGS)
+
+# Classify images with the exported student: make predict ARGS="photo.jpg some_folder/"
+# (or another model: ARGS="models/teacher.pt photo.jpg"; see python -m kd.predict --help).
+predict: $(STAMP)
+	PYTHONPATH=src python -m kd.predict $(if $(filter %.onnx %.pt,$(firstword $(ARGS))),,models/student.onnx) $(ARGS)
 
 test: $(STAMP) browser
 	python -m pytest

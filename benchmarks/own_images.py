@@ -139,10 +139,9 @@ def main() -> None:
         rss, anon = mem.stages.get(f.stem, (float("nan"),) * 2)
         print(f"  {f.stem:22s} {json.loads(f.read_text())['seconds']:8.1f} {rss:9.0f} {anon:10.0f}")
     print(f"dvc repro in all: {total:.0f} s; peak stage RSS {mem.rss:.0f} MiB, of it anonymous {mem.anon:.0f} MiB")
-    if args.until:
-        return
-    shown = [p.relative_to(proj) for p in sorted((proj / "data/images/test").rglob("*.jpg"))[:: args.test][:3]]
-    print(run([sys.executable, "-m", "kd.predict", "models/student.onnx", *map(str, shown)], proj, env), end="")
+    if not args.until:
+        shown = [p.relative_to(proj) for p in sorted((proj / "data/images/test").rglob("*.jpg"))[:: args.test][:3]]
+        print(run([sys.executable, "-m", "kd.predict", "models/student.onnx", *map(str, shown)], proj, env), end="")
     if not args.dir:
         shutil.rmtree(work)
 
