@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from conftest import MIRROR, make_image_folder, set_param
+from system import free_port
 from kd.datasets import MNIST_FILES
 from kd.files import file_md5
 
@@ -24,6 +25,8 @@ def proj(built_project, tmp_path, monkeypatch):
                                                          "mlflow.db", "mlartifacts"))
     monkeypatch.chdir(dst)
     monkeypatch.setenv("KD_TRACKING", "0")  # tracking has tests of its own
+    # A download (data.mirror not found) goes to a closed loopback port: refused at once.
+    monkeypatch.setenv("KD_DOWNLOAD_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("PYTHONPATH", str(dst / "src"))  # stage subprocesses import src/ as dvc.yaml's cmds do
     monkeypatch.syspath_prepend(str(dst / "stages"))  # as `python stages/x.py` would
     return dst
@@ -171,7 +174,9 @@ CASES = [
     ("unknown-dataset", "check_params", param("data.dataset", "imagenet"), "unknown dataset 'imagenet'"),
     ("label-smoothing-one", "train_baseline", param("baseline.label_smoothing", 1.0), "baseline.label_smoothing: Input should be less than 1"),
     ("negative-seed", "check_params", param("seed", -1), "seed: Input should be greater than or equal to 0"),
-    ("missing-mirror", "prepare", param("data.mirror", "/nonexistent/mirror"), "data.mirror: directory /nonexistent/mirror does not exist"),
+    ("missing-mirror", "prepare", param("data.mirror", "/nonexistent/mirror"),
+     r"data.mirror: /nonexistent/mirror not found, and downloading MNIST train from http://127.0.0.1:\d+ "
+     r"\(KD_DOWNLOAD_URL\) failed: .*Connection refused"),
     ("malformed-yaml", "check_params", write("params.yaml", "temperature: [20\n"), "params.yaml: not valid YAML"),
     ("params-not-a-mapping", "check_params", write("params.yaml", "- 1\n"), "expected a mapping"),
     ("params-missing", "evaluate", remove("params.yaml"), "params.yaml: file not found"),

@@ -3,7 +3,10 @@ turned into uint8 tensors (MNIST 47 MB, CIFAR-10 184 MB); a folder of your own
 images is read by kd.image_folder."""
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -60,13 +63,70 @@ MNIST_FILES = {
 }
 
 
-def fetch_mnist(mirror: Path | None, raw_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Return {"train": (x, y), "test": (x, y)} with x uint8 [N, 1, 28, 28]."""
+# A base URL that replaces the official source (a proxy, a company mirror, a
+# test server); it must hold the official files: same names, same md5s.
+DOWNLOAD_URL_VAR = "KD_DOWNLOAD_URL"
+# Per socket operation (connect, each read), not per download: torchvision sets
+# none, so a server that accepts and then stalls would hang the stage forever;
+# a slow but live server still finishes.
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def _download_url() -> str | None:
+    return os.environ.get(DOWNLOAD_URL_VAR) or None
+
+
+def _source() -> str:
+    url = _download_url()
+    return f"{url} ({DOWNLOAD_URL_VAR})" if url else "the official source"
+
+
+def _existing_mirror(mirror: Path | None, dataset: str) -> Path | None:
+    """The mirror if it exists; else None (download), said in one line. The
+    default mirror then works both where it exists and on a fresh machine."""
+    if mirror is None or mirror.is_dir():
+        return mirror
+    print(f"[prepare] data.mirror: {mirror} not found; downloading {dataset} from {_source()}", flush=True)
+    return None
+
+
+def _download_failed(what: str, mirror: Path | None, e: Exception) -> DataError:
+    """One line naming the missing mirror (if any) and why the download failed."""
+    why = " ".join(str(e).split()) or type(e).__name__  # torchvision's messages span lines
+    if mirror is not None:  # a mirror was named but not found, or we would not download
+        return DataError(f"data.mirror: {mirror} not found, and downloading {what} from {_source()} failed: {why}")
+    return DataError(f"{what}: downloading from {_source()} failed (no network?): {why}")
+
+
+@contextmanager
+def _download_timeout():
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _mnist_class():
     from torchvision.datasets import MNIST
 
+    url = _download_url()
+    if url is None:
+        return MNIST
+    # The same class name: torchvision keeps its files under <root>/<class name>/raw.
+    return type("MNIST", (MNIST,), {"mirrors": [url.rstrip("/") + "/"]})
+
+
+def fetch_mnist(mirror: Path | None, raw_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Return {"train": (x, y), "test": (x, y)} with x uint8 [N, 1, 28, 28].
+
+    From the mirror if it exists, else downloaded; torchvision checks the md5s either way."""
+    MNIST = _mnist_class()
     target = raw_dir / "MNIST" / "raw"
-    if mirror is not None:
-        src_dir = mirror / "mnist"
+    src_dir = _existing_mirror(mirror, "MNIST")
+    if src_dir is not None:
+        src_dir = src_dir / "mnist"
         for name, md5 in MNIST_FILES.items():  # check all before copying any
             src = src_dir / name
             if not src.is_file():
@@ -79,10 +139,12 @@ def fetch_mnist(mirror: Path | None, raw_dir: Path) -> dict[str, tuple[torch.Ten
     out = {}
     for split, train in (("train", True), ("test", False)):
         try:
-            ds = MNIST(raw_dir, train=train, download=True)
-        except Exception as e:  # torchvision raises URLError, RuntimeError, ...
-            where = "the mirror copy" if mirror else "the official download (no network?)"
-            raise DataError(f"MNIST {split}: could not load from {where}: {e}") from e
+            with _download_timeout():
+                ds = MNIST(raw_dir, train=train, download=True)
+        except Exception as e:  # torchvision raises URLError, RuntimeError, TimeoutError, ...
+            if src_dir is not None:
+                raise DataError(f"MNIST {split}: could not load the mirror copy: {e}") from e
+            raise _download_failed(f"MNIST {split}", mirror, e) from e
         out[split] = (ds.data.unsqueeze(1).contiguous(), ds.targets.long())
     return out
 
@@ -150,30 +212,39 @@ def _cifar10_from_jpegs(root: Path, split: str) -> tuple[JpegFiles, torch.Tensor
     return JpegFiles(files), labels
 
 
+def _cifar10_class():
+    from torchvision.datasets import CIFAR10
+
+    url = _download_url()
+    if url is None:
+        return CIFAR10
+    return type("CIFAR10", (CIFAR10,), {"url": f"{url.rstrip('/')}/{CIFAR10.filename}"})
+
+
 def fetch_cifar10(mirror: Path | None, raw_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Return {"train": (x, y), "test": (x, y)}; x[idx] gives uint8 [n, 3, 32, 32].
 
     The mirror is a JPEG (q75) copy: it is decoded straight from the read-only
-    tree (lazily: only the images indexed), nothing is copied. Without a
-    mirror: torchvision's official pickles.
+    tree (lazily: only the images indexed), nothing is copied. Without one
+    (null, or not found): torchvision's official pickles.
     """
     raw_dir.mkdir(parents=True, exist_ok=True)
-    if mirror is not None:
-        root = mirror / "cifar10-jpeg"
+    if (found := _existing_mirror(mirror, "CIFAR-10")) is not None:
+        root = found / "cifar10-jpeg"
         if not root.is_dir():
             raise DataError(f"{root}: no CIFAR-10 JPEG tree in the mirror")
         _unexpected(root, {root / "train", root / "test"}, "entry (not train/ or test/)")
         out = {split: _cifar10_from_jpegs(root, split) for split in ("train", "test")}
         source = {"source": str(root), "format": "jpeg-q75"}
     else:
-        from torchvision.datasets import CIFAR10
-
+        CIFAR10 = _cifar10_class()
         out = {}
         for split, train in (("train", True), ("test", False)):
             try:
-                ds = CIFAR10(raw_dir, train=train, download=True)
-            except Exception as e:  # URLError, RuntimeError (bad md5), ...
-                raise DataError(f"CIFAR-10 {split}: could not load the official download (no network?): {e}") from e
+                with _download_timeout():
+                    ds = CIFAR10(raw_dir, train=train, download=True)
+            except Exception as e:  # URLError, RuntimeError (bad md5), TimeoutError, ...
+                raise _download_failed(f"CIFAR-10 {split}", mirror, e) from e
             out[split] = (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))
         source = {"source": "torchvision CIFAR10", "format": "official pickles"}
     for split, (_, y) in out.items():

@@ -65,9 +65,11 @@ Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 class DataParams(_Strict):
     dataset: DatasetName = "mnist"
-    # Directory holding the offline mirror (e.g. ../shared/datasets); null means
-    # download from the official source. Relative paths are taken from the
-    # project root, also for `dvc exp run --queue` runs in .dvc/tmp/exps.
+    # Directory holding the offline mirror (e.g. ../shared/datasets), used when it
+    # exists; when it does not, `prepare` says so and downloads from the official
+    # source (kd.datasets), so one default works with or without a mirror. null:
+    # always download. Relative paths are taken from the project root, also for
+    # `dvc exp run --queue` runs in .dvc/tmp/exps.
     mirror: str | None = None
     # dataset: folder: the image folder, <path>/<class>/<image> (or train/ val/ test/ inside).
     path: InputPath = NO_INPUT
@@ -296,12 +298,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         params = Params.model_validate(raw)
     except ValidationError as e:
         raise ParamsError(f"{path} is invalid:\n{_format(e)}") from None
-    mirror = resolve_mirror(params.data.mirror, path.resolve().parent)
-    if mirror is not None and not mirror.is_dir():
-        raise ParamsError(
-            f"{path} is invalid:\n  data.mirror: directory {mirror} does not exist "
-            "(set data.mirror: null to download from the official source)"
-        )
+    # No check that data.mirror exists: a missing mirror means "download" (kd.datasets).
     return params
 
 
