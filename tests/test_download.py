@@ -74,7 +74,7 @@ def md5s(proj, folder="data/prepared"):
 def test_missing_mirror_falls_back_to_the_download(proj, mirror, serve, tmp_path):
     """The real stage, with data.mirror absent: one note, the files fetched over HTTP, the same splits."""
     from_mirror = md5s(proj)
-    assert sorted(from_mirror) == [f"data/prepared/{s}.pt" for s in ("test", "train", "val")]
+    assert sorted(from_mirror) == ["data/prepared/meta.json", *(f"data/prepared/{s}.pt" for s in ("test", "train", "val"))]
     shutil.rmtree(proj / "data")
     missing = tmp_path / "no-mirror"
     set_param(proj, "data.mirror", str(missing))
