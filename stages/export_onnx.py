@@ -1,7 +1,9 @@
 """Stage export_onnx: the distilled student as ONNX (and an int8 copy), checked
 with onnxruntime against PyTorch on the whole test set."""
+import json
+
 from kd.checkpoint import checkpoint_spec, load_model
-from kd.export import check_export, export_latency, export_onnx, quantize_int8
+from kd.export import MAX_LOGIT_DIFF, check_export, export_latency, export_onnx, quantize_int8
 from kd.files import write_json
 from kd.paths import metrics_file, model_file, onnx_file, split_file
 from kd.splits import load_split
@@ -33,3 +35,9 @@ with stage("export_onnx") as run:
     run.tracking.model_metrics(model_file("student"), "student", model, x[:4],
                                {k: v for k, v in check.items() if k != "pytorch"},
                                dataset=(split_file("test"), f"{ckpt['dataset']}-test"))
+    # Both files as MLflow onnx models too, the class names inside (kd_runs.registry).
+    run.tracking.log_onnx_models(ckpt, {"onnx": fp32, "onnx_int8": int8}, x[:4], check,
+                                 (split_file("test"), f"{ckpt['dataset']}-test"), model_file("student"))
+    # Only now is all known that makes the registered student `champion`, or says why not.
+    run.tracking.promote(model_file("student"), run.params.data.dataset,
+                         json.loads(metrics_file("evaluate").read_text()), check, MAX_LOGIT_DIFF)

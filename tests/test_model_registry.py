@@ -173,3 +173,80 @@ def test_model_metrics_and_registry_follow_the_checkpoint_md5(tmp_path, monkeypa
     assert str(client.get_model_version_by_alias("kd-mnist-student", "candidate").version) == "2"
     metrics = {(m.key, m.dataset_name): m.value for m in client.get_logged_model(trained.model_id).metrics}
     assert metrics[("accuracy", "mnist-test")] == 0.5 and metrics[("corrected.accuracy", "mnist-test")] == 0.75
+
+
+def test_onnx_models_carry_classes_and_champion_needs_both_checks(tmp_path, monkeypatch, capsys):
+    """Without DVC: the ONNX files become mlflow.onnx models with the class names, and the
+    registered student becomes `champion` only when it beats the baseline and its ONNX copy
+    agrees with PyTorch; otherwise one line says why and the alias stays."""
+    import mlflow.onnx
+    import yaml
+
+    from kd.checkpoint import load_model, new_model, save_model
+    from kd.export import MAX_LOGIT_DIFF, export_onnx, quantize_int8
+    from kd.files import save_torch
+    from kd.params import Params
+    from kd_runs.tracking import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"]["mirror"] = None
+    params = Params.model_validate(raw)
+    example = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
+    save_torch({"x": example}, tmp_path / "test.pt")
+    paths = {}
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        paths[seed] = tmp_path / f"student{seed}.pt"
+        save_model(paths[seed], new_model("mlp800", "mnist").eval(), arch="mlp800", dataset="mnist")
+    model, ckpt = load_model(paths[0])
+    fp32, int8 = tmp_path / "student.onnx", tmp_path / "student.int8.onnx"
+    export_onnx(model, (1, 28, 28), fp32)
+    quantize_int8(fp32, int8)
+    check = {"onnx": {"accuracy": 0.5, "agreement": 1.0, "max_abs_logit_diff": 1e-6, "size_bytes": 9},
+             "onnx_int8": {"accuracy": 0.25, "agreement": 0.75, "max_abs_logit_diff": 0.1, "size_bytes": 3}}
+    better = {"student": {"accuracy": 0.9}, "baseline": {"accuracy": 0.8}}
+    worse = {"student": {"accuracy": 0.8}, "baseline": {"accuracy": 0.8}}
+
+    run = Tracker("export_onnx")
+    run.start(params)
+    client = run._client
+    trained = run.model_metrics(paths[0], "student", model, example, {"accuracy": 0.5})
+    assert trained.tags["dvc_md5"] == file_md5(paths[0])
+    pytorch_meta = mlflow.models.get_model_info(f"models:/{trained.model_id}").metadata
+    assert pytorch_meta["classes"] == [str(d) for d in range(10)] and pytorch_meta["image_size"] == [28, 28]
+    assert "grayscale" in pytorch_meta["input"]
+    run.register(trained, "mnist", "student", alias="candidate")
+    run.log_onnx_models(ckpt, {"onnx": fp32, "onnx_int8": int8}, example, check, (tmp_path / "test.pt", "mnist-test"),
+                        paths[0])
+    onnx_models = {m.name: m for m in client.search_logged_models([run._experiment_id()])
+                   if m.name.startswith("student_onnx")}
+    assert set(onnx_models) == {"student_onnx", "student_onnx_int8"}
+    for name, model_entry in onnx_models.items():
+        key = name.removeprefix("student_")
+        assert model_entry.source_run_id == run.run_id and model_entry.tags["exported_from_dvc_md5"] == file_md5(paths[0])
+        metrics = {m.key: m.value for m in model_entry.metrics if m.dataset_name == "mnist-test"}
+        assert metrics["agreement"] == check[key]["agreement"]
+        info = mlflow.models.get_model_info(f"models:/{model_entry.model_id}")
+        assert info.metadata["classes"][3] == "3" and list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [
+            -1, 1, 28, 28]
+    logits = mlflow.onnx.load_model(f"models:/{onnx_models['student_onnx'].model_id}")
+    assert logits.graph.input[0].name == "images"
+
+    run.promote(paths[0], "mnist", worse, check, MAX_LOGIT_DIFF)
+    assert "is not made champion: its test accuracy 0.8000 does not beat" in capsys.readouterr().out
+    wrong_onnx = {**check, "onnx": {**check["onnx"], "agreement": 0.999}}
+    run.promote(paths[0], "mnist", better, wrong_onnx, MAX_LOGIT_DIFF)
+    assert "its ONNX copy disagrees with PyTorch" in capsys.readouterr().out
+    assert "champion" not in client.get_registered_model("kd-mnist-student").aliases
+    run.promote(paths[0], "mnist", better, check, MAX_LOGIT_DIFF)
+    assert "version 1 is now champion" in capsys.readouterr().out
+    # A second student that does not qualify leaves the champion where it was.
+    other = run.model_metrics(paths[1], "student", model, example, {"accuracy": 0.25})
+    run.register(other, "mnist", "student", alias="candidate")
+    run.promote(paths[1], "mnist", worse, check, MAX_LOGIT_DIFF)
+    run.end("FINISHED")
+    assert "version 2 is not made champion" in capsys.readouterr().out
+    assert str(client.get_model_version_by_alias("kd-mnist-student", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("kd-mnist-student", "candidate").version) == "2"

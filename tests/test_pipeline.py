@@ -68,7 +68,7 @@ def mlflow_store(proj):
 
 
 def test_mlflow_has_a_parent_run_and_a_child_per_stage(project):
-    proj, _ = project
+    proj, first = project
     client, exp, parents, children = mlflow_store(proj)
     commit = sh(["git", "rev-parse", "HEAD"], proj).stdout.strip()
     assert len(parents) == 1  # the one `dvc repro` so far
@@ -104,6 +104,12 @@ def test_mlflow_has_a_parent_run_and_a_child_per_stage(project):
     for run in (evaluate, parent):  # final test metrics, named like `dvc metrics show` columns
         assert run.data.metrics["evaluate/student.accuracy"] == pytest.approx(test["student"]["accuracy"])
         assert run.data.metrics["model_cost/teacher.macs"] == 784 * 1200 + 1200 * 1200 + 1200 * 10
+    # The headline columns of the runs table's training view (kd_runs.store.VIEW_COLUMNS).
+    assert {k: parent.data.metrics[k] for k in ("teacher.test_accuracy", "baseline.test_accuracy",
+                                                "student.test_accuracy", "kd_gain")} == pytest.approx({
+        "teacher.test_accuracy": test["teacher"]["accuracy"], "baseline.test_accuracy": test["baseline"]["accuracy"],
+        "student.test_accuracy": test["student"]["accuracy"], "kd_gain": test["kd_gain"]})
+    assert exp.tags["mlflow.sharedViewState.kd-training"]
     assert {a.path for a in client.list_artifacts(evaluate.info.run_id, "confusion")} == {
         f"confusion/{r}.png" for r in ("teacher", "baseline", "student")}
     assert {a.path for a in client.list_artifacts(evaluate.info.run_id, "metrics")} >= {
@@ -112,17 +118,39 @@ def test_mlflow_has_a_parent_run_and_a_child_per_stage(project):
     models = {m.name: m for m in client.search_logged_models([exp.experiment_id])}
     assert {n: m.source_run_id for n, m in models.items()} == {
         "teacher": teacher.info.run_id, "baseline": stages["train_baseline"].info.run_id,
-        "student": stages["train_student"].info.run_id}
+        "student": stages["train_student"].info.run_id, "student_onnx": stages["export_onnx"].info.run_id,
+        "student_onnx_int8": stages["export_onnx"].info.run_id}
+    assert models["student_onnx"].tags["dvc_md5"] == file_md5(proj / "models/student.onnx")
     import mlflow.pytorch
+    import mlflow.pyfunc
+    import numpy as np
     import torch
 
     mlflow.set_tracking_uri(f"sqlite:///{proj}/mlflow.db")
     loaded = mlflow.pytorch.load_model(f"models:/{models['teacher'].model_id}")
     assert loaded(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    for name in ("teacher", "student_onnx"):  # the class names travel inside the models
+        assert mlflow.models.get_model_info(f"models:/{models[name].model_id}").metadata["classes"] == list("0123456789")
+    onnx = mlflow.pyfunc.load_model(f"models:/{models['student_onnx'].model_id}")
+    assert onnx.predict(np.zeros((3, 1, 28, 28), np.float32))["logits"].shape == (3, 10)
+
+    # `champion` only for a student that beats the baseline, with an ONNX copy that agrees.
+    export = json.loads((proj / "metrics/export.json").read_text())
+    deserves = test["student"]["accuracy"] > test["baseline"]["accuracy"] and export["onnx"]["agreement"] == 1.0
+    aliases = client.get_registered_model("kd-mnist-student").aliases
+    assert ("champion" in aliases) == deserves and str(aliases.get("candidate")) == "1"
+    assert ("kd-mnist-student version 1 is now champion" if deserves else
+            "kd-mnist-student version 1 is not made champion") in first.stdout
+    # Every stage ends with the link to the runs table in the MLflow UI.
+    link = (f"MLflow runs: http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+            "&viewStateShareKey=kd-training (start the UI first: mlflow ui --backend-store-uri sqlite:///mlflow.db "
+            "--port 5000)")
+    assert all(f"[{name}] {link}" in first.stdout for name in ALL_STAGES), first.stdout[-2000:]
 
 
 def test_mlflow_ui_lists_the_stage_runs(project, tmp_path):
-    """Headless Chromium (Debian's chromium + chromium-driver) on `mlflow server`."""
+    """Headless Chromium (Debian's chromium + chromium-driver) on `mlflow server`, opened on the
+    link the stages print: the training runs table, the parent's headline metrics as columns."""
     from system import require_apt
 
     # `make test` installs both; require_apt covers a bare `pytest` (and fails under CI).
@@ -133,24 +161,29 @@ def test_mlflow_ui_lists_the_stage_runs(project, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from kd_runs.store import ui_link
     from mlflow_server import mlflow_server
 
     proj, _ = project
     _, exp, parents, _ = mlflow_store(proj)
+    headline = ("teacher.test_accuracy", "baseline.test_accuracy", "student.test_accuracy", "kd_gain")
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1500,820"):
         opts.add_argument(arg)
     with mlflow_server(f"sqlite:///{proj}/mlflow.db", proj / "mlartifacts", tmp_path / "server.log") as server:
+        link = ui_link(server.url, exp.experiment_id).removeprefix("MLflow runs: ")
         browser = webdriver.Chrome(service=Service(chromedriver), options=opts)
         try:
-            browser.get(f"{server.url}/#/experiments/{exp.experiment_id}/runs")
+            browser.get(link)
             wait = WebDriverWait(browser, 90)
             # Child runs sit folded under their parent until its row is expanded.
             expand = wait.until(lambda b: b.find_elements(
                 By.CSS_SELECTOR, 'button[data-component-id*="runnamecellrenderer"]'))
             for close in browser.find_elements(By.CSS_SELECTOR, 'button[aria-label="Close"]'):
-                close.click()  # the assistant side panel, which would hide half the table
+                close.click()  # the assistant side panel and the shared-view banner, which hide the table
+            wait.until(lambda b: all(h in b.find_element(By.TAG_NAME, "body").text for h in headline))
+            parent_row = browser.find_element(By.TAG_NAME, "body").text
             expand[0].click()
             wait.until(lambda b: "train_teacher" in b.find_element(By.TAG_NAME, "body").text)
             table = browser.find_element(By.TAG_NAME, "body").text
@@ -158,7 +191,11 @@ def test_mlflow_ui_lists_the_stage_runs(project, tmp_path):
             browser.save_screenshot(str(shot))
         finally:
             browser.quit()
-    assert parents[0].info.run_name in table
+    assert "Model training" in table and "Traces" in table and "Usage" not in table  # not GenAI's overview
+    assert parents[0].info.run_name in parent_row
+    # The parent's row, folded, already shows its headline numbers (evaluate.json, 4 decimals).
+    test = json.loads((proj / "metrics/evaluate.json").read_text())
+    assert f"{test['student']['accuracy']:.4f}".rstrip("0") in parent_row
     missing = {name for name in ALL_STAGES if name not in table}
     assert not missing, f"stage runs not in the MLflow runs table: {missing}"
     assert shot.stat().st_size > 10_000

@@ -163,3 +163,24 @@ def test_store_locked_mid_stage_gives_one_warning_line(tmp_path):
     assert len(warnings) == 1 and "database is locked" in warnings[0], err
     assert not [line for line in err.splitlines() if "ERROR" in line or "Traceback" in line], err
     assert json.loads((proj / "metrics/teacher.json").read_text())["epochs"] == epochs
+
+
+def test_ui_link_opens_the_training_view_and_headline_comes_from_evaluate(tmp_path, monkeypatch):
+    from kd_runs.run_info import headline_metrics
+    from kd_runs.store import training_view, ui_link
+
+    view = "/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=kd-training"
+    assert ui_link("https://mlflow.example.org/", "7") == f"MLflow runs: https://mlflow.example.org{view}"
+    assert ui_link("sqlite:////elsewhere/x.db", "7") == (
+        f"MLflow runs: http://127.0.0.1:5000{view} (start the UI first: mlflow ui --backend-store-uri "
+        "sqlite:////elsewhere/x.db --port 5000)")
+    key, value = training_view()
+    assert key == "mlflow.sharedViewState.kd-training" and "metrics.`kd_gain`" in json.loads(value)["selectedColumns"]
+    monkeypatch.chdir(tmp_path)
+    Path("metrics").mkdir()
+    Path("metrics/evaluate.json").write_text(json.dumps(
+        {r: {"accuracy": a} for r, a in (("teacher", 0.99), ("baseline", 0.98), ("student", 0.985))} | {"kd_gain": 0.005}))
+    assert headline_metrics(Path("metrics/evaluate.json")) == {
+        "teacher.test_accuracy": 0.99, "baseline.test_accuracy": 0.98, "student.test_accuracy": 0.985, "kd_gain": 0.005}
+    Path("metrics/export.json").write_text("{}")
+    assert headline_metrics(Path("metrics/export.json")) == {}

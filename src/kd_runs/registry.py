@@ -13,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+from kd.datasets import DATASETS
 from kd.files import file_md5
 from kd_runs.run_info import numeric_leaves
 
@@ -37,6 +38,27 @@ def dataset_input(path: Path, name: str, context: str, profile: dict | None = No
 
 def model_tags(path: Path) -> dict[str, str]:
     return {"dvc_path": Path(path).as_posix(), "dvc_md5": file_md5(path)}
+
+
+def _spec(ckpt: dict) -> dict:
+    # A checkpoint keeps its data's spec (kd.checkpoint.save_model); older ones only name a built-in dataset.
+    if "spec" in ckpt:
+        return ckpt["spec"]
+    info = DATASETS[ckpt["dataset"]]
+    return {"classes": list(info.classes), "shape": list(info.shape)}
+
+
+def checkpoint_classes(ckpt: dict) -> list[str]:
+    """The class names of a checkpoint (kd.checkpoint), index = logit."""
+    return list(_spec(ckpt)["classes"])
+
+
+def model_metadata(ckpt: dict) -> dict:
+    """What a user of the MLflow model needs besides the signature, which names no class."""
+    channels, height, width = _spec(ckpt)["shape"]
+    colours = "RGB" if channels == 3 else "grayscale"
+    return {"classes": checkpoint_classes(ckpt), "image_size": [height, width],
+            "input": f"float32 [N, C, H, W] in [0, 1], {colours}; normalisation inside the model"}
 
 
 def find_logged_model(client, experiment_id: str, path: Path):
@@ -66,6 +88,28 @@ def register_version(client, name: str, model, run_id: str, alias: str, descript
             client.update_registered_model(name, description=description)
     client.set_registered_model_alias(name, alias, version)
     return client.get_model_version(name, version)
+
+
+def champion_refusal(evaluate: dict, export: dict, max_logit_diff: float) -> str | None:
+    """Why the distilled student may not become `champion` (None: it may): it must beat the
+    true-label student on the test set (metrics/evaluate.json), and its ONNX copy must compute
+    what it computes (metrics/export.json; max_logit_diff: kd.export.MAX_LOGIT_DIFF, passed in
+    because kd_runs imports no kd module a stage would then depend on)."""
+    student, baseline = evaluate["student"]["accuracy"], evaluate["baseline"]["accuracy"]
+    onnx = export["onnx"]
+    if student <= baseline:
+        return f"its test accuracy {student:.4f} does not beat the true-label student's {baseline:.4f}"
+    if onnx["agreement"] != 1.0 or onnx["max_abs_logit_diff"] > max_logit_diff:
+        return (f"its ONNX copy disagrees with PyTorch (top-1 agreement {onnx['agreement']}, max |logit diff| "
+                f"{onnx['max_abs_logit_diff']}, tolerance {max_logit_diff})")
+    return None
+
+
+def registered_version(client, name: str, path: Path):
+    """The version of registered model `name` made from checkpoint `path` (tag dvc_md5,
+    copied onto it by register_version), or None."""
+    found = client.search_model_versions(f"name = '{name}' and tags.dvc_md5 = '{file_md5(path)}'")
+    return max(found, key=lambda v: int(v.version)) if found else None
 
 
 def registered_model_name(dataset: str, role: str = "student") -> str:
@@ -110,11 +154,15 @@ class LineageMixin:
         return None
 
     def _model_metrics(self, path, name, model, example, metrics, dataset):
-        from mlflow.entities import Metric
-
         found = find_logged_model(self._client, self._experiment_id(), path)
         if found is None:
             found = self._log_model(model, name, example, path)
+        self._attach_metrics(found, metrics, dataset)
+        return found
+
+    def _attach_metrics(self, found, metrics, dataset) -> None:
+        from mlflow.entities import Metric
+
         data = {}
         if dataset is not None:
             data = {"dataset_name": dataset[1], "dataset_digest": file_md5(dataset[0])}
@@ -122,7 +170,52 @@ class LineageMixin:
         batch = [Metric(k, v, now, 0, model_id=found.model_id, **data) for k, v in numeric_leaves(metrics).items()]
         for i in range(0, len(batch), 1000):
             self._client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+
+    def log_onnx_models(self, ckpt: dict, files: dict[str, Path], example, check: dict,
+                        dataset: tuple[Path, str], source: Path) -> None:
+        """export_onnx's files {check key: path} as MLflow models named student_<key>, each with
+        its checks from kd.export.check_export and the class names of checkpoint `source`."""
+        for key, path in files.items():
+            self.log_onnx_model(path, f"student_{key}", example, model_metadata(ckpt), check[key], dataset,
+                                tags={"exported_from_dvc_md5": file_md5(source)})
+
+    def log_onnx_model(self, path: Path, name: str, example, metadata: dict, metrics: dict[str, float],
+                       dataset: tuple[Path, str] | None = None, tags: dict | None = None):
+        """ONNX file `path` as an MLflow onnx model (once per file md5), with `metrics`
+        measured on dataset = (file, name). Returns the LoggedModel, or None."""
+        if self.active:
+            return self._guard(f"logging ONNX model {name}", self._log_onnx_model_metrics, path, name, example,
+                               metadata, metrics, dataset, tags)
+        return None
+
+    def _log_onnx_model_metrics(self, path, name, example, metadata, metrics, dataset, tags):
+        found = find_logged_model(self._client, self._experiment_id(), path)
+        if found is None:
+            found = self._log_onnx_model(path, name, example, metadata, tags)
+        self._attach_metrics(found, metrics, dataset)
         return found
+
+    def promote(self, path: Path, dataset: str, evaluate: dict, export: dict, max_logit_diff: float,
+                alias: str = "champion") -> None:
+        """Point `alias` at the registered version of checkpoint `path` when champion_refusal
+        finds nothing against it; otherwise say why and leave the alias where it was."""
+        if self.active:
+            self._guard(f"promoting to {alias}", self._promote, path, registered_model_name(dataset), evaluate,
+                        export, max_logit_diff, alias)
+
+    def _promote(self, path, name, evaluate, export, max_logit_diff, alias) -> None:
+        version = registered_version(self._client, name, path)
+        if version is None:
+            print(f"[{self.stage}] {path} is no version of {name} (evaluated with tracking off?); "
+                  f"{alias} stays where it was", flush=True)
+            return
+        why_not = champion_refusal(evaluate, export, max_logit_diff)
+        if why_not:
+            print(f"[{self.stage}] {name} version {version.version} is not made {alias}: {why_not}", flush=True)
+            return
+        self._client.set_registered_model_alias(name, alias, version.version)
+        print(f"[{self.stage}] {name} version {version.version} is now {alias}: it beats the true-label student "
+              "and its ONNX copy agrees with PyTorch", flush=True)
 
     def register(self, model, dataset: str, role: str, alias: str, description: str = ""):
         """Register logged `model` as a version of kd-<dataset>-<role> and point `alias` at it."""

@@ -95,3 +95,23 @@ def parent_name(tags: dict[str, str]) -> str:
         return tags["dvc_exp_name"]
     commit = tags.get("git_commit", "none")
     return commit[:7] if commit != "none" else "no-commit"
+
+
+# What the parent run's row says before anyone expands it (the MLflow runs table shows
+# the columns of store.training_view): from metrics/evaluate.json, metric <- keys.
+HEADLINE = {"teacher.test_accuracy": ("teacher", "accuracy"), "baseline.test_accuracy": ("baseline", "accuracy"),
+            "student.test_accuracy": ("student", "accuracy"), "kd_gain": ("kd_gain",)}
+
+
+def headline_metrics(path: Path) -> dict[str, float]:
+    """HEADLINE's metrics when `path` is metrics/evaluate.json, else none."""
+    if Path(path) != METRICS_DIR / "evaluate.json":
+        return {}
+    out = {}
+    for name, keys in HEADLINE.items():
+        value = json.loads(Path(path).read_text())
+        for key in keys:
+            value = value.get(key, {}) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out

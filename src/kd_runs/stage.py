@@ -92,6 +92,8 @@ def stage(name: str, *, ddp: bool = False):
             if run.resume:
                 run.resume.clear()
             print(f"[{name}] finished in {seconds:.1f}s", flush=True)
+            if link := tracking.ui_link():
+                print(f"[{name}] {link}", flush=True)
     except UserError as e:
         print(f"[{tag}] error: {e}", file=sys.stderr, flush=True)
         tracking.end("FAILED")

@@ -3,6 +3,7 @@ environment defaults that bound waits on a dead server, the identity of this
 process (to tell a killed run from a live one), and holding back library logs."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -45,6 +46,58 @@ def artifact_location(uri: str) -> str | None:
 
 def experiment_name(params: Params) -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME") or f"kd-{params.data.dataset}"
+
+
+# The MLflow UI's runs table shows only the Source, Models and Dataset columns until one
+# picks metrics under "Columns" (per browser). A "shared view" is a saved table layout in
+# an experiment tag, `mlflow.sharedViewState.<key>`, that a link opens with
+# `viewStateShareKey=<key>` (the UI's own "share view" writes them): this one shows the
+# headline metrics (run_info.HEADLINE) beside the run names.
+VIEW_KEY = "kd-training"
+VIEW_COLUMNS = ("attributes.`Source`", "attributes.`Models`", "metrics.`teacher.test_accuracy`",
+                "metrics.`baseline.test_accuracy`", "metrics.`student.test_accuracy`", "metrics.`kd_gain`")
+
+
+def training_view() -> tuple[str, str]:
+    """The experiment tag (key, value) of the shared runs-table view."""
+    return f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps({"selectedColumns": list(VIEW_COLUMNS)})
+
+
+def ui_base(uri: str) -> tuple[str, str]:
+    """The MLflow UI's address for tracking URI `uri`, and how to start it ("" when it runs):
+    a server is its own UI; a database needs `mlflow ui`."""
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/"), ""
+    store = "sqlite:///mlflow.db" if uri == f"sqlite:///{repo_root() / 'mlflow.db'}" else uri
+    return "http://127.0.0.1:5000", f"mlflow ui --backend-store-uri {store} --port 5000"
+
+
+def ui_link(uri: str, experiment_id: str) -> str:
+    """One line: the experiment's runs table in the training view (a bare experiment link
+    opens on the GenAI overview: the UI's default workflow), with the headline columns."""
+    base, start = ui_base(uri)
+    link = f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    return f"MLflow runs: {link}" + (f" (start the UI first: {start})" if start else "")
+
+
+def experiment_link(params: Params) -> str | None:
+    """ui_link of this project's experiment, from the store; None when tracking is off, the
+    experiment does not exist or the store does not answer (it never raises)."""
+    if not tracking_enabled():
+        return None
+    for key, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None  # asking would create an empty store
+    try:
+        with HeldLogs():
+            from mlflow import MlflowClient
+
+            exp = MlflowClient(uri).get_experiment_by_name(experiment_name(params))
+    except Exception:  # noqa: BLE001 - a link is not worth a failure
+        return None
+    return ui_link(uri, exp.experiment_id) if exp is not None else None
 
 
 def tracking_enabled() -> bool:

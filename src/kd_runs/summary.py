@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kd.params import load_params
 from kd.paths import metrics_file, timing_file
+from kd_runs.store import experiment_link
 
 ROLES = {"teacher": "teacher", "baseline": "student, true labels", "student": "student, distilled"}
 HINTON_ERRORS = {"teacher": 67, "baseline": 146, "student": 74}  # MNIST, Hinton et al. (2015)
@@ -76,6 +77,8 @@ def main(argv=None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(f"wrote {args.out}", file=sys.stderr)
+    if link := experiment_link(load_params()):  # `make repro` ends here: where to browse the runs
+        print(link, file=sys.stderr)
     return 0
 
 

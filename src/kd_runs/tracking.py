@@ -25,10 +25,11 @@ from pathlib import Path
 
 from kd.params import Params
 from kd_runs.registry import LineageMixin
-from kd_runs.run_info import (METRICS_DIR, dvc_stage, file_metrics, parent_name, run_tags, stage_metrics_files,
-                              stage_param_keys, stage_params)
+from kd_runs.run_info import (METRICS_DIR, dvc_stage, file_metrics, headline_metrics, parent_name, run_tags,
+                              stage_metrics_files, stage_param_keys, stage_params)
 from kd_runs.store import (ENV_DEFAULTS, HOST_TAG, PROCESS_TAG, HeldLogs, artifact_location,  # noqa: F401
-                           experiment_name, process_alive, this_process, tracking_enabled, tracking_uri)
+                           experiment_name, process_alive, this_process, tracking_enabled, tracking_uri,
+                           training_view, ui_link)
 
 class Tracker(LineageMixin):
     """The MLflow child run of one stage; every method is a no-op once tracking is off."""
@@ -39,11 +40,16 @@ class Tracker(LineageMixin):
         self.run_id: str | None = None
         self.parent_id: str | None = None
         self._client = None
+        self._experiment_id_: str | None = None
         self._epochs_logged: set[int] = set()
 
     @property
     def active(self) -> bool:
         return self.run_id is not None
+
+    def ui_link(self) -> str | None:
+        """Where to see this stage's runs in the MLflow UI; None when tracking is off or failed."""
+        return ui_link(self.uri, self._experiment_id_) if self._experiment_id_ else None
 
     def _guard(self, what: str, fn, *args, **kwargs):
         held = HeldLogs()
@@ -52,7 +58,7 @@ class Tracker(LineageMixin):
             with held:
                 result = fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - any tracking failure, whatever its type
-            self.run_id = None
+            self.run_id = self._experiment_id_ = None
             detail = " ".join(str(e).split())
             detail = detail[:300] + ("..." if len(detail) > 300 else "")
             print(f"[{self.stage}] warning: MLflow tracking to {self.uri} failed while {what} "
@@ -102,6 +108,7 @@ class Tracker(LineageMixin):
                                         "mlflow.source.name": sys.argv[0], "mlflow.source.type": "LOCAL",
                                         HOST_TAG: socket.gethostname(), PROCESS_TAG: this_process()})
         self._client, self.parent_id, self.run_id = client, parent_id, child.info.run_id
+        self._experiment_id_ = exp_id
         keys = stage_param_keys(spec) if spec else []
         if keys is None or keys:
             client.log_batch(self.run_id, params=[Param(k, v) for k, v in stage_params(params, keys).items()])
@@ -127,11 +134,18 @@ class Tracker(LineageMixin):
                 client.set_terminated(parent, "KILLED")
 
     def _experiment(self, client, name: str) -> str:
+        exp_id = self._find_or_create_experiment(client, name)
+        # Each time, so experiments made before it get it too (and its columns stay current).
+        client.set_experiment_tag(exp_id, *training_view())
+        return exp_id
+
+    def _find_or_create_experiment(self, client, name: str) -> str:
         exp = client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
         try:
-            # The experiment kind makes the MLflow UI open on its model-training views.
+            # The experiment kind makes the MLflow UI's experiment list open it on the model-training
+            # views; a plain link to the experiment still opens GenAI's (see store.ui_link).
             return client.create_experiment(name, artifact_location=artifact_location(self.uri),
                                             tags={"mlflow.experimentKind": "custom_model_development"})
         except Exception:  # created meanwhile by a parallel queued experiment
@@ -188,7 +202,8 @@ class Tracker(LineageMixin):
         if self.active and path.is_file():
             self.log_artifact(path, "metrics" if path.parent == METRICS_DIR else path.parent.as_posix())
             if not path.is_relative_to(METRICS_DIR / "timing"):  # already the `seconds` metric
-                self.log_metrics(file_metrics(path), parent=True)
+                # Plus, from evaluate, the few numbers the runs table shows (store.training_view).
+                self.log_metrics({**file_metrics(path), **headline_metrics(path)}, parent=True)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.active:
@@ -219,7 +234,8 @@ class Tracker(LineageMixin):
         """An MLflow pytorch model with signature and input example. MLflow saves
         it as a torch.export program, so loading it needs no code from this repo.
         `file`: the checkpoint it was saved to, whose md5 the model is tagged with
-        (kd_runs.registry). Returns the LoggedModel, or None."""
+        (kd_runs.registry); its class names go into the model's metadata. Returns the
+        LoggedModel, or None."""
         if self.active:
             return self._guard(f"logging model {name}", self._log_model, model, name, example, file)
         return None
@@ -229,7 +245,8 @@ class Tracker(LineageMixin):
         import torch
         from mlflow.models import infer_signature
 
-        from kd_runs.registry import model_tags
+        from kd.files import load_torch
+        from kd_runs.registry import model_metadata, model_tags
 
         model = model.cpu().eval()
         x = example.cpu().float().div(255).numpy()
@@ -240,6 +257,30 @@ class Tracker(LineageMixin):
             # Listing them skips MLflow's inference, which re-imports the model in a subprocess.
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             tags=model_tags(file) if file is not None else None,
+            metadata=model_metadata(load_torch(file)) if file is not None else None,
+        )
+        return self._client.get_logged_model(info.model_id)
+
+    def _log_onnx_model(self, path: Path, name: str, example, metadata: dict, tags: dict | None = None):
+        """ONNX file `path` as an mlflow.onnx model, byte for byte (no external data files), with
+        signature and input example like the PyTorch ones; tagged with its md5 like them."""
+        import mlflow.onnx
+        import onnx
+        import onnxruntime
+        from mlflow.models import infer_signature
+
+        from kd_runs.registry import model_tags
+
+        x = example.cpu().float().div(255).numpy()
+        sess = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        y = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        info = mlflow.onnx.log_model(
+            onnx.load(str(path)), name=name, run_id=self.run_id, signature=infer_signature(x, y), input_example=x,
+            save_as_external_data=False, metadata=metadata,
+            # Where its checks ran (kd.export.session); MLflow's default also asks for CUDA.
+            onnx_execution_providers=["CPUExecutionProvider"], tags={**model_tags(path), **(tags or {})},
+            # Listing them skips MLflow's inference, which loads the model in a subprocess.
+            pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
         )
         return self._client.get_logged_model(info.model_id)
 
