@@ -7,7 +7,7 @@ stage processes: RSS, and of it the anonymous part (what must fit in RAM; the re
 of the memory-mapped prepared tensors, which the kernel can drop and read again).
 
     PYTHONPATH=src python benchmarks/own_images.py --mirror ../shared/datasets \\
-        --classes airplane cat ship truck --train 1000 --test 250 --image-size 32
+        --classes airplane cat ship truck --train 1000 --test 250 --image-size 32 --epochs 15 15
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=250, help="images per class in test/")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--teacher", default="torchvision.resnet18")
-    ap.add_argument("--student", default="torchvision.mobilenet_v3_small")
+    ap.add_argument("--student", default="torchvision.shufflenet_v2_x0_5")
     ap.add_argument("--epochs", type=int, nargs=2, default=[15, 15], metavar=("TEACHER", "STUDENT"))
     ap.add_argument("--until", metavar="STAGE", help="run `dvc repro STAGE` only (e.g. train_teacher: memory)")
     ap.add_argument("--dir", type=Path, help="project directory (default: a temp dir, removed)")

@@ -1,22 +1,22 @@
 """Stage prepare: raw data (mirror, download or your image folder) -> train / val / test
 uint8 tensors, and what a model needs to know of them (data/prepared/meta.json)."""
 from kd.datasets import DATASETS, FOLDER, ImageSpec, builtin_spec, check_split, split_train_val
-from kd.files import save_torch, staged_dir, write_json
+from kd.files import save_torch, scratch_dir, staged_dir, write_json
 from kd.image_folder import channel_stats, read_folder
 from kd.params import resolve_input, resolve_mirror
 from kd.paths import PREPARED_META, RAW, split_file
 from kd_runs.stage import stage
 
-with stage("prepare") as run:
+with stage("prepare") as run, scratch_dir(PREPARED_META.parent.parent) as scratch:
     p = run.params.data
     # Everything is decoded and checked before the new raw data is swapped in
     # and any split written: a bad image shows here, and leaves the old data alone.
     with staged_dir(RAW / p.dataset) as tmp:
         if p.dataset == FOLDER:
+            # Decoded into files in `scratch`: a set larger than RAM is prepared from the page cache.
             found = read_folder(resolve_input(p.path), p.image_size, val_size=p.val_size, test_size=p.test_size,
-                                seed=p.split_seed)
+                                seed=p.split_seed, max_train=p.max_train, scratch=scratch)
             splits = found["splits"]
-            splits["train"] = tuple(t[: p.max_train] for t in splits["train"])
             # Normalisation from the training split only: nothing of val or test leaks into it.
             spec = ImageSpec(tuple(found["classes"]), (3, p.image_size, p.image_size), *map(tuple, channel_stats(
                 splits["train"][0])))

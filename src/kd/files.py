@@ -121,6 +121,19 @@ def file_md5(path: str | Path) -> str:
 
 
 @contextmanager
+def scratch_dir(parent: str | Path):
+    """A temp dir in `parent` (same disk as the outputs), removed afterwards; a killed
+    process's is removed by the next run (remove_stale_tmp: its pid is in the name)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".scratch.{os.getpid()}.", suffix=".tmp"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
 def staged_dir(path: str | Path):
     """Yield an empty temp dir beside `path`; it replaces `path` only on success."""
     path = Path(path)

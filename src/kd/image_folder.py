@@ -15,7 +15,6 @@ import multiprocessing
 import os
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -158,38 +157,38 @@ def _decode(job: tuple[int, str, int]) -> tuple[int, str, np.ndarray | None, str
         return i, "", None, why_unreadable(e)
 
 
-@dataclass
-class Decoded:
-    images: torch.Tensor  # uint8 [N, 3, size, size]
-    md5: list[str]
-    seconds: float
-
-
-def decode_all(files: list[Path], size: int, *, workers: int | None = None, desc: str = "decoding") -> Decoded:
-    """Decode `files` over the machine's cores, with a progress bar. Every file is tried;
-    then the first failure is raised, naming the file and how many more failed."""
+def decode_all(groups: dict[str, list[Path]], size: int, alloc, *, workers: int | None = None
+               ) -> tuple[dict[str, torch.Tensor], dict[str, list[str]], float]:
+    """Decode every file of every group over the machine's cores, with one progress bar, into
+    `alloc(group, n)` (a uint8 [n, 3, size, size] tensor each); returns the tensors, the md5
+    of each file's bytes and the seconds. Every file is tried; then the first failure is
+    raised, naming the file and how many more failed."""
     workers = workers or len(os.sched_getaffinity(0))
-    images = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
-    md5, bad = [""] * len(files), []
-    jobs = [(i, str(f), size) for i, f in enumerate(files)]
+    out = {g: alloc(g, len(fs)) for g, fs in groups.items()}
+    md5 = {g: [""] * len(fs) for g, fs in groups.items()}
+    where = [(g, i) for g, fs in groups.items() for i in range(len(fs))]
+    files = [f for fs in groups.values() for f in fs]
+    jobs = [(j, str(f), size) for j, f in enumerate(files)]
+    bad = []
     t0 = time.perf_counter()
     # fork: workers need no re-import of torch; they only run Pillow.
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(workers) if workers > 1 else _Serial() as pool:
         results = pool.imap_unordered(_decode, jobs, chunksize=max(1, min(64, len(jobs) // (4 * workers) or 1)))
-        for i, digest, arr, err in tqdm(results, total=len(jobs), desc=desc, unit="img", disable=None):
+        for j, digest, arr, err in tqdm(results, total=len(jobs), desc="decoding", unit="img", disable=None):
             if err:
-                bad.append((i, err))
+                bad.append((j, err))
             else:
-                images[i] = torch.from_numpy(arr)
-                md5[i] = digest
+                g, i = where[j]
+                out[g][i] = torch.from_numpy(arr)
+                md5[g][i] = digest
     if bad:
         bad.sort()
         first = f"{files[bad[0][0]]}: {bad[0][1]}"
-        more = (f"; {len(bad) - 1} more unreadable: " + ", ".join(str(files[i]) for i, _ in bad[1:4])
+        more = (f"; {len(bad) - 1} more unreadable: " + ", ".join(str(files[j]) for j, _ in bad[1:4])
                 + (", ..." if len(bad) > 4 else "")) if len(bad) > 1 else ""
         raise ImageFolderError(first + more + " (fix or remove them)")
-    return Decoded(images, md5, time.perf_counter() - t0)
+    return out, md5, time.perf_counter() - t0
 
 
 class _Serial:
@@ -249,10 +248,12 @@ def check_leakage(md5: dict[str, list[str]], files: dict[str, list[Path]]) -> No
             + "; ".join(clashes[:3]) + ("; ..." if len(clashes) > 3 else "") + "; remove the duplicates")
 
 
-def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images, in [0, 1], in chunks (float64 sums)."""
+def channel_stats(x: torch.Tensor, budget: int = 1 << 25) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, in [0, 1]: float64 sums over chunks of about
+    `budget` bytes, so a large set needs no float copy of itself."""
     c = x.shape[1]
     s, s2, n = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
+    chunk = max(1, budget // (8 * x[0].numel()))
     for start in range(0, len(x), chunk):
         xb = x[start : start + chunk].to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
         s += xb.sum(1)
@@ -263,9 +264,23 @@ def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list
     return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
 
 
-def read_folder(root: str | Path, size: int, *, val_size: int | float, test_size: int | float,
-                seed: int) -> dict:
-    """Decode and split the folder: {"splits": {split: (x, y)}, "classes", "files", "seconds"}."""
+def file_backed(folder: Path, size: int):
+    """An allocator for decode_all: each split's tensor mapped onto a file in `folder`, so its
+    pages are the page cache's to write out and drop, not memory the process must hold."""
+    def alloc(split: str, n: int) -> torch.Tensor:
+        shape = (n, 3, size, size)
+        if n == 0:
+            return torch.empty(shape, dtype=torch.uint8)
+        path = folder / f"{split}.uint8"
+        return torch.from_file(str(path), shared=True, size=n * 3 * size * size, dtype=torch.uint8).view(shape)
+    return alloc
+
+
+def read_folder(root: str | Path, size: int, *, val_size: int | float, test_size: int | float, seed: int,
+                max_train: int | None = None, scratch: Path | None = None) -> dict:
+    """Split the folder by its file list, then decode each split straight into its own tensor
+    (file-backed in `scratch` if given): {"splits": {split: (x, y)}, "classes", "images",
+    "seconds", "layout"}. Train is in round-robin class order, cut to `max_train`."""
     splits = layout(root)
     classes = [d.name for d in next(iter(splits.values()))]
     files: dict[str, list[Path]] = {}
@@ -274,14 +289,6 @@ def read_folder(root: str | Path, size: int, *, val_size: int | float, test_size
         per_class = [list_images(d) for d in dirs]
         files[split] = [f for fs in per_class for f in fs]
         labels[split] = torch.tensor([c for c, fs in enumerate(per_class) for _ in fs], dtype=torch.long)
-    everything = [f for split in splits for f in files[split]]
-    decoded = decode_all(everything, size)
-    out, md5, start = {}, {}, 0
-    for split in splits:
-        n = len(files[split])
-        out[split] = (decoded.images[start : start + n], labels[split])
-        md5[split] = decoded.md5[start : start + n]
-        start += n
     wanted = {"val": val_size, "test": test_size} if "all" in splits else (
         {} if "val" in splits else {"val": val_size})
     if wanted:  # carve what the folder does not hold, stratified
@@ -291,14 +298,17 @@ def read_folder(root: str | Path, size: int, *, val_size: int | float, test_size
             key = next(iter(counts))
             raise ImageFolderError(f"data.{key}_size: {counts[key]} images, but {source} holds "
                                    f"{len(files[source])}; give a fraction such as 0.1, or a smaller count")
-        x, y = out.pop(source)
-        src_files, src_md5 = files.pop(source), md5.pop(source)
+        src_files, y = files.pop(source), labels.pop(source)
         for split, idx in stratified_split(y, wanted, seed).items():
-            out[split] = (x[idx], y[idx])
             files[split] = [src_files[i] for i in idx.tolist()]
-            md5[split] = [src_md5[i] for i in idx.tolist()]
-    check_leakage(md5, files)
-    order = round_robin(out["train"][1])
-    out["train"] = (out["train"][0][order], out["train"][1][order])
-    return {"splits": out, "classes": classes, "seconds": decoded.seconds, "images": len(everything),
-            "layout": sorted(splits)}
+            labels[split] = y[idx]
+    order = round_robin(labels["train"])[:max_train]
+    files["train"] = [files["train"][i] for i in order.tolist()]
+    labels["train"] = labels["train"][order]
+    groups = {split: files[split] for split in SPLITS}
+    alloc = file_backed(scratch, size) if scratch else (
+        lambda split, n: torch.empty((n, 3, size, size), dtype=torch.uint8))
+    images, md5, seconds = decode_all(groups, size, alloc)
+    check_leakage(md5, groups)
+    return {"splits": {split: (images[split], labels[split]) for split in SPLITS}, "classes": classes,
+            "seconds": seconds, "images": sum(len(f) for f in groups.values()), "layout": sorted(splits)}
