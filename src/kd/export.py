@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from kd.datasets import ImageSpec
+from kd.device import inference_batch
 from kd.files import write_bytes
 from kd.inference import predict
 
@@ -112,8 +113,9 @@ def session(path: str | Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def onnx_predict(sess, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def onnx_predict(sess, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Logits for uint8 images x, scaled like kd.inference.predict."""
+    batch_size = batch_size or inference_batch(x.shape)
     out = [sess.run([OUTPUT], {INPUT: x[i : i + batch_size].float().div_(255).numpy()})[0]
            for i in range(0, len(x), batch_size)]
     return torch.from_numpy(np.concatenate(out))

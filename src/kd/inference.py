@@ -4,13 +4,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kd.device import autocast
+from kd.device import autocast, inference_batch
 
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, *, device: torch.device, precision: str = "fp32",
-            batch_size: int = 1000) -> torch.Tensor:
+            batch_size: int | None = None) -> torch.Tensor:
     """Logits (float32, on CPU) for uint8 images x."""
+    batch_size = batch_size or inference_batch(x.shape)
     was_training = model.training
     model.eval()
     out = []

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kd.datasets import ImageSpec
+from kd.device import inference_batch
 from kd.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -125,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = Classifier(args.model)
         files = image_files(args.images)
-        tops = model.top(load_images(files, model.spec), max(1, min(args.top_k, model.spec.num_classes)))
+        k, n = max(1, min(args.top_k, model.spec.num_classes)), inference_batch(model.spec.shape)
+        tops = [t for i in range(0, len(files), n) for t in model.top(load_images(files[i : i + n], model.spec), k)]
     except UserError as e:
         print(f"predict: error: {e}", file=sys.stderr)
         return 2

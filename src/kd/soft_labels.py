@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from kd.augment import Shifts, apply_shifts, draw_shifts
-from kd.device import autocast, prepare_model
+from kd.device import autocast, inference_batch, prepare_model
 from kd.errors import UserError
 from kd.files import file_md5, load_torch, save_torch
 
@@ -88,8 +88,9 @@ def view_shifts(n: int, views: int, jitter: int, flip: bool, seed: int) -> Shift
 
 @torch.no_grad()
 def teacher_view_logits(teacher: nn.Module, x: torch.Tensor, shifts: Shifts | None, views: int, *,
-                        device: torch.device, precision: str = "fp32", batch_size: int = 1000) -> torch.Tensor:
+                        device: torch.device, precision: str = "fp32", batch_size: int | None = None) -> torch.Tensor:
     """float32 [views, N, classes] logits of the teacher on each view of uint8 images x."""
+    batch_size = batch_size or inference_batch(x.shape)
     teacher.eval()
     out = []
     for k in range(views):
