@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from conftest import REPO, make_toy_images
-from kd.files import load_torch, save_torch
+from kd.datasets import builtin_spec
+from kd.files import load_torch, save_torch, write_json
 from kd.params import ParamsError, load_params
 from kd.train import TensorBatches
 
@@ -72,6 +73,7 @@ def make_project(path: Path, toy, processes=1) -> Path:
     (path / "params.yaml").write_text(yaml.safe_dump(params))
     save_torch({"x": x[:250], "y": y[:250]}, path / "data/prepared/train.pt")
     save_torch({"x": x[250:], "y": y[250:]}, path / "data/prepared/val.pt")
+    write_json(path / "data/prepared/meta.json", builtin_spec("mnist").to_json())  # what prepare writes beside them
     return path
 
 
