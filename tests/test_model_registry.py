@@ -183,6 +183,7 @@ def test_onnx_models_carry_classes_and_champion_needs_both_checks(tmp_path, monk
     import yaml
 
     from kd.checkpoint import load_model, new_model, save_model
+    from kd.datasets import builtin_spec
     from kd.export import MAX_LOGIT_DIFF, export_onnx, quantize_int8
     from kd.files import save_torch
     from kd.params import Params
@@ -202,8 +203,8 @@ def test_onnx_models_carry_classes_and_champion_needs_both_checks(tmp_path, monk
         save_model(paths[seed], new_model("mlp800", "mnist").eval(), arch="mlp800", dataset="mnist")
     model, ckpt = load_model(paths[0])
     fp32, int8 = tmp_path / "student.onnx", tmp_path / "student.int8.onnx"
-    export_onnx(model, (1, 28, 28), fp32)
-    quantize_int8(fp32, int8)
+    export_onnx(model, builtin_spec("mnist"), fp32)
+    quantize_int8(fp32, int8, builtin_spec("mnist"))
     check = {"onnx": {"accuracy": 0.5, "agreement": 1.0, "max_abs_logit_diff": 1e-6, "size_bytes": 9},
              "onnx_int8": {"accuracy": 0.25, "agreement": 0.75, "max_abs_logit_diff": 0.1, "size_bytes": 3}}
     better = {"student": {"accuracy": 0.9}, "baseline": {"accuracy": 0.8}}
