@@ -183,7 +183,7 @@ def decode_all(groups: dict[str, list[Path]], size: int, alloc, *, workers: int 
                 out[g][i] = torch.from_numpy(arr)
                 md5[g][i] = digest
     if bad:
-        bad.sort()
+        bad.sort(key=lambda b: str(files[b[0]]))  # by path, whatever order the splits put them in
         first = f"{files[bad[0][0]]}: {bad[0][1]}"
         more = (f"; {len(bad) - 1} more unreadable: " + ", ".join(str(files[j]) for j, _ in bad[1:4])
                 + (", ..." if len(bad) > 4 else "")) if len(bad) > 1 else ""
