@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from conftest import REPO
-from kd.files import save_torch
+from kd.datasets import builtin_spec
+from kd.files import save_torch, write_json
 from kd.params import Params
 from kd_runs.run_info import dvc_stage, file_metrics, stage_param_keys, stage_params
 from kd_runs.tracking import ENV_DEFAULTS, Tracker
@@ -78,6 +79,7 @@ def toy_project(root: Path, epochs: int) -> Path:
         y = torch.arange(n) % 10
         x = torch.randint(0, 60, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
         save_torch({"x": x, "y": y}, root / "data" / "prepared" / f"{split}.pt")
+    write_json(root / "data/prepared/meta.json", builtin_spec("mnist").to_json())  # what prepare writes beside them
     return root
 
 
@@ -106,7 +108,7 @@ def test_stage_survives_the_tracking_server_dying_mid_run(tmp_path):
                     # Hold the stage still while the server dies, so it surely has epochs to go.
                     os.kill(stage.pid, signal.SIGSTOP)
                 time.sleep(0.1)
-            assert run_id, "the stage never logged its first epoch to the server"
+            assert run_id, f"the stage never logged its first epoch to the server: {stage.poll() is not None and stage.communicate()[1]}"
         os.kill(stage.pid, signal.SIGCONT)
         out, err = stage.communicate(timeout=300)
     finally:
@@ -150,7 +152,7 @@ def test_store_locked_mid_stage_gives_one_warning_line(tmp_path):
                 lock.execute("BEGIN EXCLUSIVE")
                 os.kill(stage.pid, signal.SIGCONT)
             time.sleep(0.1)
-        assert lock is not None, "the stage never logged its first epoch"
+        assert lock is not None, f"the stage never logged its first epoch: {stage.poll() is not None and stage.communicate()[1]}"
         out, err = stage.communicate(timeout=300)
     finally:
         if stage is not None and stage.poll() is None:
