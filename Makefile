@@ -12,7 +12,7 @@ PIP_COMPILE := $(if $(PYTHONDONTWRITEBYTECODE),,--no-compile)
 # Stage commands say `python`: make it the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install repro test poster predict browser clean-venv
+.PHONY: install repro test poster predict profile browser clean-venv
 
 install: $(STAMP)
 
@@ -38,6 +38,12 @@ poster: $(STAMP)
 # (or another model: ARGS="models/teacher.pt photo.jpg"; see python -m kd.predict --help).
 predict: $(STAMP)
 	PYTHONPATH=src python -m kd.predict $(if $(filter %.onnx %.pt,$(firstword $(ARGS))),,models/student.onnx) $(ARGS)
+
+# params.yaml for another dataset or scale: make profile P=cifar10-cpu (P=default goes back).
+# profiles/default.yaml holds the defaults; every other profile only what it changes.
+profile: $(STAMP)
+	@test -n "$(P)" || { echo "make profile P=<name>: one of $(basename $(notdir $(wildcard profiles/*.yaml)))" >&2; exit 2; }
+	PYTHONPATH=src python -m kd.profiles $(P)
 
 test: $(STAMP) browser
 	python -m pytest
