@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kd.dvc_yaml import YAMLSyntaxError, parse_yaml
 from kd.errors import UserError
-from kd.params import _KEYS, PARAMS_FILE, ParamsError, load_params
+# parse_yaml through kd.params (YAML as DVC reads it): wherever that module lives, params.py uses it.
+from kd.params import _KEYS, PARAMS_FILE, ParamsError, YAMLSyntaxError, load_params, parse_yaml
 
 PROFILES_DIR = "profiles"
 DEFAULT = "default"
@@ -116,7 +116,7 @@ def render(profile: str | Path, root: Path | None = None) -> str:
     text = default_file.read_text(encoding="utf-8")
     how = (f"# Written by `make profile P={path.stem}`: {default_file.parent.name}/{default_file.name}"
            + (f" with {path.parent.name}/{path.name} applied" if changes else "")
-           + f".\n# Edit those files, not this one; `make profile P={DEFAULT}` goes back to the defaults.\n")
+           + f".\n# Edit {'those files' if changes else 'that file'}, not this one; `make profile P={DEFAULT}` goes back to the defaults.\n")
     if not changes:
         return how + text
     yaml = _yaml()
