@@ -41,7 +41,7 @@ from kd.datasets import DATASETS, fetch_cifar10
 from kd.device import autocast, pick_device, prepare_model, resolve_precision
 from kd.files import InputFileError
 from kd.losses import LOSSES
-from kd.dvc_yaml import parse_yaml
+from kd.profiles import load_profile
 from kd.params import TrainParams
 from kd.inference import predict
 from kd.soft_labels import LiveTeacher, ViewCache, teacher_view_logits, view_shifts
@@ -162,7 +162,7 @@ def main():
     print(f"decoded {n + n_test} JPEGs in {time.perf_counter() - t0:.1f}s")
 
     init = new_model(args.student, "cifar10").state_dict()  # after the teacher, as in the measured runs
-    profile = parse_yaml((ROOT / "profiles" / "cifar10-cpu.yaml").read_text(encoding="utf-8"))  # as DVC reads it
+    profile = load_profile("cifar10-cpu", ROOT)  # the defaults + the profile, as DVC reads them
     loss_fn = partial(LOSSES["kd"], temperature=profile["temperature"], alpha=profile["alpha"])
     base = {**profile["student"], "arch": args.student, "epochs": args.epochs or 1,
             "batch_size": args.batch_size, "precision": "fp32"}

@@ -32,7 +32,7 @@ import torch
 from kd.checkpoint import new_model
 from kd.datasets import fetch_cifar10, split_train_val
 from kd.device import autocast, hardware_info, pick_device, prepare_model, resolve_precision, seed_everything
-from kd.dvc_yaml import parse_yaml
+from kd.profiles import load_profile
 from kd.losses import LOSSES
 from kd.params import Params
 from kd.inference import predict
@@ -91,7 +91,7 @@ def main():
     ap.add_argument("--from-json", type=Path, default=None,
                     help="measure nothing: rewrite --out from a .json an earlier run wrote")
     args = ap.parse_args()
-    p = Params.model_validate(parse_yaml(args.profile.read_text(encoding="utf-8")))
+    p = Params.model_validate(load_profile(args.profile, ROOT))  # the defaults + the profile
     if args.from_json:
         args.out.write_text(report(json.loads(args.from_json.read_text()), p))
         return

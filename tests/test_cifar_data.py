@@ -12,6 +12,7 @@ import kd.datasets as datasets
 from conftest import MIRROR, REPO
 from kd.datasets import CIFAR10_CLASSES, DataError, fetch_cifar10, split_train_val
 from kd.files import file_md5
+from kd.profiles import load_profile
 
 
 @pytest.fixture
@@ -122,7 +123,7 @@ def test_prepare_swaps_nothing_in_from_a_bad_mirror(fake_mirror, tmp_path, monke
     """The stage script, on a good mirror, then on a damaged copy: exit 2, every output as before."""
     proj = tmp_path / "proj"
     proj.mkdir()
-    params = yaml.safe_load((REPO / "profiles" / "cifar10-cpu.yaml").read_text())
+    params = load_profile("cifar10-cpu", REPO)
     params["data"].update(mirror=str(fake_mirror), val_size=10, max_train=None)
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(proj)

@@ -8,7 +8,8 @@ import yaml
 
 from conftest import REPO, sh, stages_run
 from kd.dvc_yaml import parse_yaml
-from kd.params import ParamsError, check_training_set, load_params, project_root
+from kd import profiles
+from kd.params import _KEYS, ParamsError, check_training_set, load_params, project_root
 
 
 def write(tmp_path, edit):
@@ -205,19 +206,58 @@ def test_relative_mirror_is_taken_from_the_real_repo_inside_a_queued_experiment(
     shutil.rmtree(tmp_path / "repo")
 
 
-def _keys(node, prefix=""):
-    if not isinstance(node, dict):
-        return {prefix}
-    return set().union(*(_keys(v, f"{prefix}{k}.") for k, v in node.items()))
+PROFILES = sorted(p.stem for p in (REPO / "profiles").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("profile", sorted((REPO / "profiles").glob("*.yaml")), ids=lambda p: p.stem)
-def test_profiles_are_valid_params_files_with_the_same_keys(profile):
-    raw = yaml.safe_load(profile.read_text())
-    assert raw["data"]["mirror"] == "../shared/datasets"  # the same relative default as params.yaml
-    assert load_params(profile).data.dataset == profile.stem.split("-")[0]  # cifar10-cpu, mnist-hinton
-    # A key added to params.yaml must be added to every profile too.
-    assert _keys(yaml.safe_load(profile.read_text())) == _keys(yaml.safe_load((REPO / "params.yaml").read_text()))
+@pytest.mark.parametrize("profile", PROFILES)
+def test_a_profile_lists_only_params_keys_that_differ_from_the_defaults(profile):
+    changes = profiles.delta(profile, REPO)
+    assert set(changes) <= _KEYS  # delta() names an unknown key; this is its contract
+    default = profiles._flat(profiles.defaults(root=REPO))
+    assert not [k for k, v in changes.items() if default[k] == v], "a profile lists only what differs"
+    assert (profile == "default") == (not changes)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_an_applied_profile_is_a_valid_params_file(profile, tmp_path):
+    out = profiles.apply(profile, REPO, out=tmp_path / "params.yaml")
+    params = load_params(out)
+    assert params.data.dataset == ("mnist" if profile == "default" else profile.split("-")[0])  # cifar10-cpu, mnist-hinton
+    assert parse_yaml(out.read_text()) == profiles.load_profile(profile, REPO)
+    assert params.data.mirror == "../shared/datasets"  # the same relative default as params.yaml
+    # Its own comments replace the defaults' remarks on the values it changes.
+    if profile.startswith("cifar10"):
+        assert "784-1200-1200-10" not in out.read_text() and "0.1 diverged" not in out.read_text()
+
+
+def test_the_committed_params_file_holds_the_default_profile():
+    # params.yaml is `make profile P=default`'s output; a key added to one must be added to the other.
+    assert parse_yaml((REPO / "params.yaml").read_text()) == profiles.load_profile("default", REPO)
+
+
+def test_applying_a_profile_starts_from_the_defaults_not_from_the_last_profile(tmp_path):
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
+    profiles.apply("cifar10-cpu", tmp_path)
+    profiles.apply("mnist-hinton", tmp_path)
+    assert parse_yaml((tmp_path / "params.yaml").read_text()) == profiles.load_profile("mnist-hinton", REPO)
+    assert profiles.dvc_args("mnist-hinton", tmp_path) == []
+    profiles.apply("default", tmp_path)
+    assert profiles.dvc_args("cifar10-cpu", tmp_path)[:4] == ["-S", "temperature=4", "-S", "data.dataset=cifar10"]
+
+
+def test_a_typo_in_a_profile_is_named_and_nothing_is_written(tmp_path):
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
+    (tmp_path / "params.yaml").write_text("untouched\n")
+    (tmp_path / "profiles" / "typo.yaml").write_text("teacher:\n  epocs: 10\n")
+    with pytest.raises(profiles.ProfileError, match="unknown params key.*teacher.epocs"):
+        profiles.apply("typo", tmp_path)
+    (tmp_path / "profiles" / "bad.yaml").write_text("alpha: 2\n")  # a known key, a bad value
+    with pytest.raises(profiles.ProfileError, match="alpha"):
+        profiles.apply("bad", tmp_path)
+    with pytest.raises(profiles.ProfileError, match="no such profile"):
+        profiles.apply("nonesuch", tmp_path)
+    assert (tmp_path / "params.yaml").read_text() == "untouched\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "profiles"]  # no temp file left
 
 
 def test_several_views_need_student_augmentation(tmp_path):

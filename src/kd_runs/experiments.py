@@ -15,6 +15,7 @@ import yaml
 
 from kd.dvc_yaml import parse_yaml
 from kd.paths import metrics_file
+from kd.profiles import load_profile
 
 from kd_runs.run_info import flatten  # {'teacher': {'lr': 0.1}} -> {'teacher.lr': 0.1}
 
@@ -92,7 +93,7 @@ def mnist(temperatures=TEMPERATURES) -> list[Setting]:
 
 
 def profile_overrides(base: dict, profile: dict, source: str = "the profile") -> dict[str, Any]:
-    """The `-S` settings that turn params `base` into `profile` (a whole params file)."""
+    """The `-S` settings that turn params `base` into `profile` (whole params, as kd.profiles.load_profile gives)."""
     b, p = flatten(base), flatten(profile)
     missing = sorted(set(b) - set(p))
     if missing:
@@ -101,8 +102,8 @@ def profile_overrides(base: dict, profile: dict, source: str = "the profile") ->
 
 
 def profile_keys(root: Path, profile: str) -> dict[str, Any]:
-    """The overrides that turn this project's params.yaml into `profile`."""
-    return profile_overrides(_load(root / "params.yaml"), _load(root / profile), profile)
+    """The overrides that turn this project's params.yaml into `profile` (the defaults + its changes)."""
+    return profile_overrides(_load(root / "params.yaml"), load_profile(profile, root), profile)
 
 
 def hinton(root: Path, profile: str = HINTON_PROFILE) -> list[Setting]:
