@@ -8,7 +8,7 @@ public KD repos, same nets, same machine, one run.
 common: torchvision-style dataset (PIL image per sample) + DataLoader with
         per-sample RandomCrop(32, 4) / flip / ToTensor / Normalize, fp32, the
         teacher run on every batch (what e.g. Tf-KD or kuangliu-based code does).
-ours:   `kd.train.fit` on uint8 tensors with batched augmentation, in the
+ours:   `kd.loop.fit` on uint8 tensors with batched augmentation, in the
         precision `auto` picks here (bf16 + channels_last only on a CPU with
         native bf16, else fp32), teacher logits from the view cache (K views
         computed once; their one-off cost is printed separately).
@@ -41,11 +41,11 @@ from kd.datasets import DATASETS, fetch_cifar10
 from kd.device import autocast, pick_device, prepare_model, resolve_precision
 from kd.files import InputFileError
 from kd.losses import LOSSES
-from kd.dvc_yaml import parse_yaml
+from kd.yaml_reader import parse_yaml
 from kd.params import TrainParams
 from kd.inference import predict
 from kd.soft_labels import LiveTeacher, ViewCache, teacher_view_logits, view_shifts
-from kd.train import TensorBatches, fit, make_optimizer
+from kd.loop import TensorBatches, fit, make_optimizer
 
 EPOCH = 45_000
 

@@ -22,7 +22,7 @@ from kd.checkpoint import new_model
 from kd.device import autocast, describe, pick_device, prepare_model, resolve_precision
 from kd.losses import LOSSES
 from kd.params import TrainParams
-from kd.train import TensorBatches, make_optimizer
+from kd.loop import TensorBatches, make_optimizer
 
 EPOCH_IMAGES = 45_000
 

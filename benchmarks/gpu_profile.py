@@ -5,7 +5,7 @@ CUDA GPU, in a few minutes: what its 200-epoch runs cost there, and whether they
         --out reports/gpu-profile.md
 
 1. Epoch time of each training the profile runs (teacher vgg13, true-label resnet18, resnet18
-   distilled from a live vgg13) in bf16 and fp32, through `kd.train.fit` as the stages call it.
+   distilled from a live vgg13) in bf16 and fp32, through `kd.loop.fit` as the stages call it.
    The second epoch is timed: the first pays cuDNN's and the allocator's warm-up. Also the same
    loop with the uint8 training set held on the GPU, which shows what the host side costs.
    And the headroom: the same steps with the set on the GPU and none of the loop's per-step
@@ -32,12 +32,12 @@ import torch
 from kd.checkpoint import new_model
 from kd.datasets import fetch_cifar10, split_train_val
 from kd.device import autocast, hardware_info, pick_device, prepare_model, resolve_precision, seed_everything
-from kd.dvc_yaml import parse_yaml
+from kd.yaml_reader import parse_yaml
 from kd.losses import LOSSES
 from kd.params import Params
 from kd.inference import predict
 from kd.soft_labels import LiveTeacher
-from kd.train import TensorBatches, fit, make_optimizer
+from kd.loop import TensorBatches, fit, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE_EPOCHS = 200
@@ -196,7 +196,7 @@ def report(info: dict, p: Params) -> str:
     if lean:
         total = PROFILE_EPOCHS * sum(r["seconds"] for r in lean) / 60
         lines += ["", f"The same with the lean loop's steps, in bf16: {total:.0f} min. The difference is what "
-                      "`kd.train.fit`'s host work costs on this GPU (per-step `.item()` reads and finiteness "
+                      "`kd.loop.fit`'s host work costs on this GPU (per-step `.item()` reads and finiteness "
                       "check, batches gathered on the CPU, validation each epoch)."]
     lines += ["", "## Reproducibility", "",
               f"The same one-epoch training (5,000 images, bf16) run twice from one seed: weights "

@@ -26,7 +26,7 @@ from kd.losses import LOSSES
 from kd.models import MODELS
 from kd.params import TrainParams
 from kd.inference import predict
-from kd.train import TensorBatches, make_optimizer
+from kd.loop import TensorBatches, make_optimizer
 
 LARGE = ("resnet18", "vgg13")  # GPU-profile nets: minutes per point on a 2-core CPU
 

@@ -5,12 +5,12 @@ student's augmentation (jitter, flip) from `seed`; live mode: nothing to
 precompute, the file only records the mode.
 """
 from kd.checkpoint import load_model
-from kd.declared import declared_params
+from kd.dvc_stage import declared_params
 from kd.device import describe, prepare_model, resolve_precision
 from kd.paths import SOFT_LABELS, model_file, split_file
 from kd.soft_labels import ViewCache, save_soft_labels, teacher_view_logits, view_shifts
 from kd.splits import load_split
-from kd_runs.stage import stage
+from kd_pipeline.stage import stage
 
 with stage("generate_soft_labels") as run:
     p = run.params

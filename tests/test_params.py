@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from conftest import REPO, sh, stages_run
-from kd.dvc_yaml import parse_yaml
+from kd.yaml_reader import parse_yaml
 from kd.params import ParamsError, check_training_set, load_params, project_root
 
 

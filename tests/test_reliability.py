@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from conftest import set_param, sh, stages_run
-from kd.declared import stage_fingerprint
+from kd.dvc_stage import stage_fingerprint
 from kd.params import load_params
 
 

@@ -8,7 +8,7 @@ from kd.losses import LOSSES
 from kd.params import TrainParams
 from kd.soft_labels import (StaleSoftLabelsError, ViewCache, LiveTeacher, load_soft_labels, save_soft_labels,
                             teacher_view_logits, view_shifts)
-from kd.train import TensorBatches, fit
+from kd.loop import TensorBatches, fit
 
 CPU = torch.device("cpu")
 

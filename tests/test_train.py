@@ -5,7 +5,7 @@ from kd.checkpoint import new_model
 from kd.losses import LOSSES
 from kd.params import TrainParams
 from kd.resume import ResumeState
-from kd.train import DivergedError, TensorBatches, fit
+from kd.loop import DivergedError, TensorBatches, fit
 
 CPU = torch.device("cpu")
 

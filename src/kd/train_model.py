@@ -12,7 +12,7 @@ from torch import nn
 
 from kd import distributed
 from kd.checkpoint import InitWeightsError, load_init, new_model, save_model
-from kd.declared import stage_fingerprint
+from kd.dvc_stage import stage_fingerprint
 from kd.device import describe, hardware_info, prepare_model, resolve_precision, seed_everything
 from kd.files import write_csv, write_json
 from kd.params import Params, TrainParams, check_training_set
@@ -20,11 +20,11 @@ from kd.paths import curve_file, metrics_file, model_file
 from kd.resume import ResumeState
 from kd.soft_labels import LiveTeacher, ViewCache
 from kd.splits import load_spec, load_split
-from kd.train import TensorBatches, evaluate_as_is, fit
+from kd.loop import TensorBatches, evaluate_as_is, fit
 
 
 class StageContext(Protocol):
-    """What training needs from the stage running it (kd_runs.stage.StageRun is one)."""
+    """What training needs from the stage running it (kd_pipeline.stage.StageRun is one)."""
     name: str
     params: Params
     device: torch.device

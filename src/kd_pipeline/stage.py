@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from kd import distributed
-from kd.declared import declared_params, dvc_stage, stage_outputs
+from kd.dvc_stage import declared_params, dvc_stage, stage_outputs
 from kd.device import describe, pick_device, seed_everything
 from kd.errors import UserError
 from kd.files import remove_stale_tmp, write_json
 from kd.params import Params, ParamsError, load_params, project_root
 from kd.paths import curve_file, metrics_file, model_file, split_file, timing_file
 from kd.splits import load_split
-from kd_runs.tracking import Tracker
+from kd_pipeline.tracking import Tracker
 
 if TYPE_CHECKING:  # not a runtime import, so not a dep of every stage
     from kd.resume import ResumeState
@@ -32,7 +32,7 @@ class ParamsChangedError(UserError):
 
 @dataclass
 class StageRun:
-    """One run of a stage: kd.training.StageContext plus its MLflow run."""
+    """One run of a stage: kd.train_model.StageContext plus its MLflow run."""
     name: str
     params: Params
     device: torch.device
