@@ -45,10 +45,11 @@ PROFILE_EPOCHS = 200
 
 def train(arch, cfg, data, val, device, *, teacher=None, loss=LOSSES["ce"], seed=0, on_gpu=False):
     seed_everything(seed)
-    model = prepare_model(new_model(arch, "cifar10"), resolve_precision(cfg.precision, device))
+    model = prepare_model(new_model(arch, "cifar10"))
     x, y = (t.to(device) for t in data) if on_gpu else data
     batches = TensorBatches(x, y, cfg.batch_size, seed, jitter=cfg.jitter, flip=cfg.flip, teacher=teacher)
-    history = fit(model, batches, val, loss, cfg, device=device)
+    history = fit(model, batches, val, loss, cfg, device=device,
+                  precision=resolve_precision(cfg.precision, device))
     return model, history
 
 
@@ -57,7 +58,7 @@ def lean_epoch_seconds(arch, cfg, data, device, *, teacher=None, loss=LOSSES["ce
     uint8 set on the GPU, the loss summed there and read once per epoch. The second of two epochs."""
     seed_everything(0)
     precision = resolve_precision(cfg.precision, device)
-    model = prepare_model(new_model(arch, "cifar10"), precision).to(device).train()
+    model = prepare_model(new_model(arch, "cifar10")).to(device).train()
     batches = TensorBatches(*(t.to(device) for t in data), cfg.batch_size, 0, jitter=cfg.jitter, flip=cfg.flip,
                             teacher=teacher)
     opt, sched = make_optimizer(model, cfg, 2 * len(batches))

@@ -24,7 +24,7 @@ with stage("generate_soft_labels") as run:
         shifts = view_shifts(len(x), p.soft_labels.views, s.jitter, s.flip, p.seed)
         precision = resolve_precision(p.teacher.precision, run.device)
         print(f"teacher inference in {precision} (params: {p.teacher.precision}) on {describe(run.device)}")
-        logits = teacher_view_logits(prepare_model(teacher, precision).to(run.device), x, shifts, p.soft_labels.views,
+        logits = teacher_view_logits(prepare_model(teacher).to(run.device), x, shifts, p.soft_labels.views,
                                      device=run.device, precision=precision)
         cache = ViewCache(shifts, s.jitter, s.flip, logits)
         print(f"{logits.shape[0]} views x {logits.shape[1]} images of teacher logits -> {SOFT_LABELS}")

@@ -52,7 +52,7 @@ def train_model(ctx: StageContext, role: str, cfg: TrainParams, data: tuple[torc
         if note and distributed.is_main():
             print(f"[{ctx.name}] {note}", flush=True)
     precision = resolve_precision(cfg.precision, ctx.device)
-    model = prepare_model(model, precision)
+    model = prepare_model(model)
     if distributed.is_main():
         print(f"[{ctx.name}] {role}: precision {precision} (params: {cfg.precision}) on {describe(ctx.device)}",
               flush=True)
@@ -63,8 +63,8 @@ def train_model(ctx: StageContext, role: str, cfg: TrainParams, data: tuple[torc
     if distributed.is_main():
         ctx.resume.prune()
     if cfg.epochs:
-        history = fit(model, batches, load_split("val"), loss_fn, cfg, device=ctx.device, resume=ctx.resume,
-                      on_epoch=ctx.on_epoch)
+        history = fit(model, batches, load_split("val"), loss_fn, cfg, device=ctx.device, precision=precision,
+                      resume=ctx.resume, on_epoch=ctx.on_epoch)
     else:  # used as it is: its numbers as "epoch 0"
         history = [evaluate_as_is(model, (x, y), load_split("val"), loss_fn, device=ctx.device,
                                   precision=precision)]
