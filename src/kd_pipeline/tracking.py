@@ -25,12 +25,12 @@ from pathlib import Path
 
 from kd.dvc_stage import dvc_stage, stage_param_keys
 from kd.params import Params
+from kd.process_id import process_alive, this_process
 from kd_pipeline.registry import LineageMixin
 from kd_pipeline.run_info import (METRICS_DIR, file_metrics, headline_metrics, parent_name, run_tags,
                                   stage_metrics_files, stage_params)
 from kd_pipeline.store import (ENV_DEFAULTS, HOST_TAG, PROCESS_TAG, HeldLogs, artifact_location,  # noqa: F401
-                               experiment_name, process_alive, this_process, tracking_enabled, tracking_uri,
-                               training_view, ui_link)
+                               experiment_name, tracking_enabled, tracking_uri, training_view, ui_link)
 
 class Tracker(LineageMixin):
     """The MLflow child run of one stage; every method is a no-op once tracking is off."""
