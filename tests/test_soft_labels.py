@@ -5,11 +5,11 @@ import torch
 from kd.augment import apply_shifts
 from kd.checkpoint import new_model
 from kd.device import resolve_precision
+from kd.loop import TensorBatches, fit
 from kd.losses import LOSSES
 from kd.params import TrainParams
 from kd.soft_labels import (StaleSoftLabelsError, ViewCache, LiveTeacher, load_soft_labels, save_soft_labels,
                             teacher_view_logits, view_shifts)
-from kd.loop import TensorBatches, fit
 
 CPU = torch.device("cpu")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kd.paths import metrics_file
 from kd_study.experiments import (BUDGETS, CIFAR_FAMILIES, GRID, LONGEST, SMOOTHING, STUDY_TEACHER_EPOCHS,
-                                 TEACHER_EPOCHS, TUNE_BUDGET, TUNED)
+                                  TEACHER_EPOCHS, TUNE_BUDGET, TUNED)
 from kd_study.runs import Run, finished, gain_test, of_kind, of_part, pct, scores, table
 
 PLATEAU_POINTS = 0.3  # doubling a teacher's epochs adds less than this (validation accuracy, points)
