@@ -44,12 +44,12 @@ $(DEV_STAMP): requirements.txt requirements-dev.txt
 # Then the run's numbers as reports/default-run.md.
 repro: $(STAMP)
 	dvc repro
-	PYTHONPATH=src python -m kd_runs.summary
+	PYTHONPATH=src python -m kd_pipeline.summary
 
 # Every experiment of the poster as DVC experiments, then reports/poster.md.
-# Options: make poster ARGS="--parts mnist --seeds 0 1 2 3" (see python -m kd_runs.poster --help).
+# Options: make poster ARGS="--parts mnist --seeds 0 1 2 3" (see python -m kd_study.poster --help).
 poster: $(STAMP)
-	PYTHONPATH=src python -m kd_runs.poster $(ARGS)
+	PYTHONPATH=src python -m kd_study.poster $(ARGS)
 
 # Classify images with the exported student: make predict ARGS="photo.jpg some_folder/"
 # (or another model: ARGS="models/teacher.pt photo.jpg"; see python -m kd.predict --help).

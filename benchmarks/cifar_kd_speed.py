@@ -8,7 +8,7 @@ public KD repos, same nets, same machine, one run.
 common: torchvision-style dataset (PIL image per sample) + DataLoader with
         per-sample RandomCrop(32, 4) / flip / ToTensor / Normalize, fp32, the
         teacher run on every batch (what e.g. Tf-KD or kuangliu-based code does).
-ours:   `kd.train.fit` on uint8 tensors with batched augmentation, in the
+ours:   `kd.loop.fit` on uint8 tensors with batched augmentation, in the
         precision `auto` picks here (bf16 + channels_last only on a CPU with
         native bf16, else fp32), teacher logits from the view cache (K views
         computed once; their one-off cost is printed separately).
@@ -45,7 +45,7 @@ from kd.profiles import load_profile
 from kd.params import TrainParams
 from kd.inference import predict
 from kd.soft_labels import LiveTeacher, ViewCache, teacher_view_logits, view_shifts
-from kd.train import TensorBatches, fit, make_optimizer
+from kd.loop import TensorBatches, fit, make_optimizer
 
 EPOCH = 45_000
 
@@ -108,10 +108,11 @@ def common_recipe(student, teacher, x, y, cfg, loss_fn, device, workers) -> floa
 
 
 def ours(student, x, y, cfg, loss_fn, device, teacher) -> float:
-    student = prepare_model(student, resolve_precision(cfg.precision, device))
+    student = prepare_model(student)
     batches = TensorBatches(x, y, cfg.batch_size, seed=0, jitter=4, flip=True, teacher=teacher)
     t0 = time.perf_counter()
-    fit(student, batches, (x[:10], y[:10]), loss_fn, cfg, device=device)
+    fit(student, batches, (x[:10], y[:10]), loss_fn, cfg, device=device,
+        precision=resolve_precision(cfg.precision, device))
     return time.perf_counter() - t0
 
 
@@ -193,7 +194,7 @@ def main():
     t0 = time.perf_counter()
     shifts = view_shifts(n, args.views, 4, True, seed=0)
     fast = resolve_precision("auto", device)  # bf16 only where the hardware has it
-    teacher_fast = prepare_model(teacher.to(device), fast)
+    teacher_fast = prepare_model(teacher.to(device))
     logits = teacher_view_logits(teacher_fast, x, shifts, args.views, device=device, precision=fast)
     cache = ViewCache(shifts, 4, True, logits)
     cache_sec = time.perf_counter() - t0

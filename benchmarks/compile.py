@@ -22,7 +22,7 @@ from kd.checkpoint import new_model
 from kd.device import autocast, describe, pick_device, prepare_model, resolve_precision
 from kd.losses import LOSSES
 from kd.params import TrainParams
-from kd.train import TensorBatches, make_optimizer
+from kd.loop import TensorBatches, make_optimizer
 
 EPOCH_IMAGES = 45_000
 
@@ -42,7 +42,7 @@ def step_fn(model, opt, device, precision):
 def rate(arch, precision, compiled, x, y, batches, device) -> tuple[float, float]:
     """(seconds until the first step is done, images/s over the timed steps after warm-up)."""
     torch.manual_seed(0)
-    model = prepare_model(new_model(arch, "cifar10"), precision).to(device)
+    model = prepare_model(new_model(arch, "cifar10")).to(device)
     cfg = TrainParams(arch=arch, epochs=1, batch_size=128, lr=0.05, schedule="constant")
     opt, _ = make_optimizer(model, cfg, 1)
     step = step_fn(model, opt, device, precision)

@@ -5,7 +5,7 @@ CUDA GPU, in a few minutes: what its 200-epoch runs cost there, and whether they
         --out reports/gpu-profile.md
 
 1. Epoch time of each training the profile runs (teacher vgg13, true-label resnet18, resnet18
-   distilled from a live vgg13) in bf16 and fp32, through `kd.train.fit` as the stages call it.
+   distilled from a live vgg13) in bf16 and fp32, through `kd.loop.fit` as the stages call it.
    The second epoch is timed: the first pays cuDNN's and the allocator's warm-up. Also the same
    loop with the uint8 training set held on the GPU, which shows what the host side costs.
    And the headroom: the same steps with the set on the GPU and none of the loop's per-step
@@ -37,7 +37,7 @@ from kd.losses import LOSSES
 from kd.params import Params
 from kd.inference import predict
 from kd.soft_labels import LiveTeacher
-from kd.train import TensorBatches, fit, make_optimizer
+from kd.loop import TensorBatches, fit, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE_EPOCHS = 200
@@ -45,10 +45,11 @@ PROFILE_EPOCHS = 200
 
 def train(arch, cfg, data, val, device, *, teacher=None, loss=LOSSES["ce"], seed=0, on_gpu=False):
     seed_everything(seed)
-    model = prepare_model(new_model(arch, "cifar10"), resolve_precision(cfg.precision, device))
+    model = prepare_model(new_model(arch, "cifar10"))
     x, y = (t.to(device) for t in data) if on_gpu else data
     batches = TensorBatches(x, y, cfg.batch_size, seed, jitter=cfg.jitter, flip=cfg.flip, teacher=teacher)
-    history = fit(model, batches, val, loss, cfg, device=device)
+    history = fit(model, batches, val, loss, cfg, device=device,
+                  precision=resolve_precision(cfg.precision, device))
     return model, history
 
 
@@ -57,7 +58,7 @@ def lean_epoch_seconds(arch, cfg, data, device, *, teacher=None, loss=LOSSES["ce
     uint8 set on the GPU, the loss summed there and read once per epoch. The second of two epochs."""
     seed_everything(0)
     precision = resolve_precision(cfg.precision, device)
-    model = prepare_model(new_model(arch, "cifar10"), precision).to(device).train()
+    model = prepare_model(new_model(arch, "cifar10")).to(device).train()
     batches = TensorBatches(*(t.to(device) for t in data), cfg.batch_size, 0, jitter=cfg.jitter, flip=cfg.flip,
                             teacher=teacher)
     opt, sched = make_optimizer(model, cfg, 2 * len(batches))
@@ -196,7 +197,7 @@ def report(info: dict, p: Params) -> str:
     if lean:
         total = PROFILE_EPOCHS * sum(r["seconds"] for r in lean) / 60
         lines += ["", f"The same with the lean loop's steps, in bf16: {total:.0f} min. The difference is what "
-                      "`kd.train.fit`'s host work costs on this GPU (per-step `.item()` reads and finiteness "
+                      "`kd.loop.fit`'s host work costs on this GPU (per-step `.item()` reads and finiteness "
                       "check, batches gathered on the CPU, validation each epoch)."]
     lines += ["", "## Reproducibility", "",
               f"The same one-epoch training (5,000 images, bf16) run twice from one seed: weights "

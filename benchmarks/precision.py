@@ -26,7 +26,7 @@ from kd.losses import LOSSES
 from kd.models import MODELS
 from kd.params import TrainParams
 from kd.inference import predict
-from kd.train import TensorBatches, make_optimizer
+from kd.loop import TensorBatches, make_optimizer
 
 LARGE = ("resnet18", "vgg13")  # GPU-profile nets: minutes per point on a 2-core CPU
 
@@ -41,14 +41,14 @@ def images(dataset: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.randint(0, 10, (n,), generator=g)
 
 
-def layout(model: nn.Module, precision: str, channels_last: bool | None) -> nn.Module:
+def layout(model: nn.Module, channels_last: bool | None) -> nn.Module:
     if channels_last is None:
-        return prepare_model(model, precision)
+        return prepare_model(model)
     return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def train_rate(arch, x, y, batch_size, batches, precision, channels_last, device) -> float:
-    model = layout(new_model(arch, dataset_of(arch)), precision, channels_last).to(device)
+    model = layout(new_model(arch, dataset_of(arch)), channels_last).to(device)
     cfg = TrainParams(arch=arch, epochs=1, batch_size=batch_size, lr=0.05, schedule="constant")
     opt, _ = make_optimizer(model, cfg, 1)
     jitter = 2 if dataset_of(arch) == "mnist" else 4
@@ -72,7 +72,7 @@ def train_rate(arch, x, y, batch_size, batches, precision, channels_last, device
 
 
 def eval_rate(arch, x, precision, channels_last, device) -> float:
-    model = layout(new_model(arch, dataset_of(arch)), precision, channels_last).to(device)
+    model = layout(new_model(arch, dataset_of(arch)), channels_last).to(device)
     predict(model, x[:500], device=device, precision=precision)  # warm-up
     t0 = time.perf_counter()
     predict(model, x, device=device, precision=precision)

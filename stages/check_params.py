@@ -5,7 +5,7 @@ a valid edit reruns only the stages whose own params changed.
 """
 from kd.files import write_json
 from kd.paths import PARAMS_OK
-from kd_runs.stage import stage
+from kd_pipeline.stage import stage
 
 with stage("check_params"):
     write_json(PARAMS_OK, {"params.yaml": "valid"})

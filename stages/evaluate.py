@@ -9,8 +9,8 @@ from kd.models import count_params
 from kd.paths import metrics_file, model_file, plot_file, split_file
 from kd.inference import predict
 from kd.splits import load_spec, load_split
-from kd_runs.figures import confusion_matrix, reliability_diagram
-from kd_runs.stage import stage
+from kd_pipeline.figures import confusion_matrix, reliability_diagram
+from kd_pipeline.stage import stage
 
 ROLES = ("teacher", "baseline", "student")  # teacher first: the others are compared with it
 

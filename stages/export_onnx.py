@@ -7,7 +7,7 @@ from kd.export import MAX_LOGIT_DIFF, check_export, export_latency, export_onnx,
 from kd.files import write_json
 from kd.paths import metrics_file, model_file, onnx_file, split_file
 from kd.splits import load_split
-from kd_runs.stage import stage
+from kd_pipeline.stage import stage
 
 with stage("export_onnx") as run:
     model, ckpt = load_model(model_file("student"))
@@ -35,7 +35,7 @@ with stage("export_onnx") as run:
     run.tracking.model_metrics(model_file("student"), "student", model, x[:4],
                                {k: v for k, v in check.items() if k != "pytorch"},
                                dataset=(split_file("test"), f"{ckpt['dataset']}-test"))
-    # Both files as MLflow onnx models too, the class names inside (kd_runs.registry).
+    # Both files as MLflow onnx models too, the class names inside (kd_pipeline.registry).
     run.tracking.log_onnx_models(ckpt, {"onnx": fp32, "onnx_int8": int8}, x[:4], check,
                                  (split_file("test"), f"{ckpt['dataset']}-test"), model_file("student"))
     # Only now is all known that makes the registered student `champion`, or says why not.

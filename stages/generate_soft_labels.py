@@ -5,12 +5,12 @@ student's augmentation (jitter, flip) from `seed`; live mode: nothing to
 precompute, the file only records the mode.
 """
 from kd.checkpoint import load_model
-from kd.declared import declared_params
+from kd.dvc_stage import declared_params
 from kd.device import describe, prepare_model, resolve_precision
 from kd.paths import SOFT_LABELS, model_file, split_file
 from kd.soft_labels import ViewCache, save_soft_labels, teacher_view_logits, view_shifts
 from kd.splits import load_split
-from kd_runs.stage import stage
+from kd_pipeline.stage import stage
 
 with stage("generate_soft_labels") as run:
     p = run.params
@@ -24,7 +24,7 @@ with stage("generate_soft_labels") as run:
         shifts = view_shifts(len(x), p.soft_labels.views, s.jitter, s.flip, p.seed)
         precision = resolve_precision(p.teacher.precision, run.device)
         print(f"teacher inference in {precision} (params: {p.teacher.precision}) on {describe(run.device)}")
-        logits = teacher_view_logits(prepare_model(teacher, precision).to(run.device), x, shifts, p.soft_labels.views,
+        logits = teacher_view_logits(prepare_model(teacher).to(run.device), x, shifts, p.soft_labels.views,
                                      device=run.device, precision=precision)
         cache = ViewCache(shifts, s.jitter, s.flip, logits)
         print(f"{logits.shape[0]} views x {logits.shape[1]} images of teacher logits -> {SOFT_LABELS}")

@@ -5,7 +5,7 @@ from kd.files import save_torch, scratch_dir, staged_dir, write_json
 from kd.image_folder import channel_stats, read_folder
 from kd.params import resolve_input, resolve_mirror
 from kd.paths import PREPARED_META, RAW, split_file
-from kd_runs.stage import stage
+from kd_pipeline.stage import stage
 
 with stage("prepare") as run, scratch_dir(PREPARED_META.parent.parent) as scratch:
     p = run.params.data

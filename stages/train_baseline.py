@@ -8,8 +8,8 @@ from functools import partial
 
 from kd.losses import LOSSES
 from kd.splits import keep_classes, load_split
-from kd.training import train_model
-from kd_runs.stage import stage
+from kd.train_model import train_model
+from kd_pipeline.stage import stage
 
 with stage("train_baseline", ddp=True) as run:
     p = run.params

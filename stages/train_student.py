@@ -1,15 +1,15 @@
 """Stage train_student: the student on true labels + the teacher's soft labels."""
 from functools import partial
 
-from kd.declared import select
+from kd.dvc_stage import select
 from kd.device import resolve_precision
 from kd.files import file_md5
 from kd.losses import LOSSES
 from kd.paths import SOFT_LABELS, model_file, split_file
 from kd.soft_labels import teacher_signal
 from kd.splits import keep_classes, load_split
-from kd.training import train_model
-from kd_runs.stage import stage
+from kd.train_model import train_model
+from kd_pipeline.stage import stage
 
 with stage("train_student", ddp=True) as run:
     p = run.params

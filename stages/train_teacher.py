@@ -4,8 +4,8 @@ from kd.losses import LOSSES
 from kd.params import resolve_input
 from kd.paths import NO_INPUT
 from kd.splits import load_split
-from kd.training import train_model
-from kd_runs.stage import stage
+from kd.train_model import train_model
+from kd_pipeline.stage import stage
 
 with stage("train_teacher", ddp=True) as run:
     p = run.params

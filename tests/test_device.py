@@ -80,14 +80,13 @@ def test_hardware_info_names_precision_and_capability(cpu_flags):
     assert hardware_info(CPU, "fp32") == {"precision": "fp32", "device": "cpu", "cpu_capability": "AVX2"}
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_channels_last_for_conv_nets(precision):
-    conv = next(m for m in prepare_model(new_model("resnet8", "cifar10"), precision).modules()
+def test_channels_last_for_conv_nets():
+    conv = next(m for m in prepare_model(new_model("resnet8", "cifar10")).modules()
                 if isinstance(m, nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     fresh = next(m for m in new_model("resnet8", "cifar10").modules() if isinstance(m, nn.Conv2d))
     assert not fresh.weight.is_contiguous(memory_format=torch.channels_last)  # the change is prepare_model's
-    mlp = prepare_model(new_model("mlp800", "mnist"), "bf16")  # nothing to convert, nothing breaks
+    mlp = prepare_model(new_model("mlp800", "mnist"))  # nothing to convert, nothing breaks
     assert mlp(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 

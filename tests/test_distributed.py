@@ -14,7 +14,7 @@ from conftest import REPO, make_toy_images
 from kd.datasets import builtin_spec
 from kd.files import load_torch, save_torch, write_json
 from kd.params import ParamsError, load_params
-from kd.train import TensorBatches
+from kd.loop import TensorBatches
 
 CPU = torch.device("cpu")
 

@@ -133,7 +133,7 @@ def test_model_metrics_and_registry_follow_the_checkpoint_md5(tmp_path, monkeypa
     from kd.checkpoint import new_model, save_model
     from kd.files import save_torch
     from kd.params import Params
-    from kd_runs.tracking import Tracker
+    from kd_pipeline.tracking import Tracker
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
@@ -187,7 +187,7 @@ def test_onnx_models_carry_classes_and_champion_needs_both_checks(tmp_path, monk
     from kd.export import MAX_LOGIT_DIFF, export_onnx, quantize_int8
     from kd.files import save_torch
     from kd.params import Params
-    from kd_runs.tracking import Tracker
+    from kd_pipeline.tracking import Tracker
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")

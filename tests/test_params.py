@@ -7,9 +7,9 @@ import torch
 import yaml
 
 from conftest import REPO, sh, stages_run
-from kd.dvc_yaml import parse_yaml
 from kd import profiles
 from kd.params import _KEYS, ParamsError, check_training_set, load_params, project_root
+from kd.yaml_reader import parse_yaml
 
 
 def write(tmp_path, edit):

@@ -3,7 +3,7 @@ import pytest
 
 from conftest import REPO
 from kd import paths
-from kd.dvc_yaml import parse_yaml
+from kd.yaml_reader import parse_yaml
 
 DVC = parse_yaml((REPO / "dvc.yaml").read_text())
 ROLES = ("teacher", "baseline", "student")

@@ -104,7 +104,7 @@ def test_mlflow_has_a_parent_run_and_a_child_per_stage(project):
     for run in (evaluate, parent):  # final test metrics, named like `dvc metrics show` columns
         assert run.data.metrics["evaluate/student.accuracy"] == pytest.approx(test["student"]["accuracy"])
         assert run.data.metrics["model_cost/teacher.macs"] == 784 * 1200 + 1200 * 1200 + 1200 * 10
-    # The headline columns of the runs table's training view (kd_runs.store.VIEW_COLUMNS).
+    # The headline columns of the runs table's training view (kd_pipeline.store.VIEW_COLUMNS).
     assert {k: parent.data.metrics[k] for k in ("teacher.test_accuracy", "baseline.test_accuracy",
                                                 "student.test_accuracy", "kd_gain")} == pytest.approx({
         "teacher.test_accuracy": test["teacher"]["accuracy"], "baseline.test_accuracy": test["baseline"]["accuracy"],
@@ -161,7 +161,7 @@ def test_mlflow_ui_lists_the_stage_runs(project, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from kd_runs.store import ui_link
+    from kd_pipeline.store import ui_link
     from mlflow_server import mlflow_server
 
     proj, _ = project

@@ -1,4 +1,4 @@
-"""`make poster` (python -m kd_runs.poster): which experiments it queues, that only
+"""`make poster` (python -m kd_study.poster): which experiments it queues, that only
 experiments whose params or pipeline code changed run again, that a failed one is
 reported and makes the command fail, that experiments share their teacher through
 DVC's run-cache, and the report's arithmetic."""
@@ -15,10 +15,11 @@ import yaml
 
 from conftest import MIRROR, PROJECT_FILES, REPO, sh
 from kd.paths import metrics_file
-from kd_runs import dvc_exps, poster
-from kd_runs.experiments import Experiment, PosterError, profile_overrides
-from kd_runs.experiments import BUDGETS, STUDY_TEACHER_EPOCHS, TEACHER_EPOCHS, choose, plan, study_runs
-from kd_runs.report import gain_test, pct, verdict, write_report
+from kd_study import dvc_exps, poster
+from kd_study.experiments import Experiment, PosterError, profile_overrides
+from kd_study.experiments import BUDGETS, STUDY_TEACHER_EPOCHS, TEACHER_EPOCHS, choose, plan, study_runs
+from kd_study.report import verdict, write_report
+from kd_study.runs import gain_test, pct
 
 EVALUATION = metrics_file("evaluate").as_posix()
 SMALL = ["--parts", "mnist", "--seeds", "0", "1", "--temperatures", "20"]
@@ -241,7 +242,7 @@ def fake(tmp_path, monkeypatch):
 
 
 def run_poster(args=SMALL) -> int:
-    """`python -m kd_runs.poster args`, after forgetting the scripted dvc's earlier calls."""
+    """`python -m kd_study.poster args`, after forgetting the scripted dvc's earlier calls."""
     path = Path(os.environ["FAKE_DVC_STATE"])
     if path.exists():
         path.write_text(json.dumps({**json.loads(path.read_text()), "calls": []}))
@@ -474,7 +475,7 @@ def test_real_dvc_shares_the_teacher_reuses_and_reports_a_failure(tmp_path):
     sh([sys.executable, "-m", "dvc", "init", "-q"], proj)
     sh(["git", "add", "-A"], proj)
     sh(["git", "commit", "-qm", "toy"], proj)
-    cmd = [sys.executable, "-m", "kd_runs.poster", "--parts", "mnist", "--seeds", "0", "--temperatures", "2", "20"]
+    cmd = [sys.executable, "-m", "kd_study.poster", "--parts", "mnist", "--seeds", "0", "--temperatures", "2", "20"]
     env = {"PYTHONPATH": str(REPO / "src")}
 
     first = sh(cmd, proj, env=env, check=False)
@@ -524,7 +525,7 @@ def test_poster_shares_the_teacher_and_a_rerun_trains_nothing(tmp_path):
     sh(["git", "init", "-q", "-b", "main"], proj)
     sh(["git", "add", "-A"], proj)
     sh(["git", "commit", "-qm", "init"], proj)
-    cmd = [sys.executable, "-m", "kd_runs.poster", *SMALL]
+    cmd = [sys.executable, "-m", "kd_study.poster", *SMALL]
     env = {"KD_TRACKING": "0", "PYTHONPATH": "src"}  # what `make poster` sets
 
     out = sh(cmd, proj, env=env)
@@ -544,7 +545,7 @@ def test_poster_shares_the_teacher_and_a_rerun_trains_nothing(tmp_path):
 
 
 def test_machine_time_counts_only_the_invocations_of_the_reported_runs(tmp_path):
-    from kd_runs.report_cifar import machine_time
+    from kd_study.report_cifar import machine_time
     csv_file = tmp_path / "machine-time.csv"
     csv_file.write_text("date,commit,part,experiments_run,seconds,cpu_capability,auto_precision,device\n"
                         "2026-11-30,aaaaaaa,cifar tuning,4,3600,AVX512,bf16,cpu\n"

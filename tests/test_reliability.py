@@ -15,8 +15,9 @@ import torch
 import yaml
 
 from conftest import set_param, sh, stages_run
-from kd.declared import stage_fingerprint
+from kd.dvc_stage import stage_fingerprint
 from kd.params import load_params
+from kd.process_id import this_process
 
 
 def copy_project(built_project, dst, *, dvc=False):
@@ -187,9 +188,11 @@ def test_stage_start_cleans_up_after_killed_runs(proj):
     assert {r.info.status for r in mlflow_runs(proj)} == {"RUNNING"}  # the child and its parent
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = [proj / f".resume/.train_teacher-0123.pt.{dead.pid}.abc_1.tmp",
-             proj / f"metrics/.teacher.json.{dead.pid}.xyz.tmp"]
-    live = proj / f"metrics/.teacher.json.{os.getpid()}.xyz.tmp"  # this test process: still running
+    me = this_process()  # "pid@start time"
+    stale = [proj / f".resume/.train_teacher-0123.pt.{dead.pid}@{time.time()}.abc_1.tmp",
+             proj / f"metrics/.teacher.json.{me.split('@')[0]}@1.5.xyz.tmp",  # an earlier process of this pid
+             proj / f"metrics/.teacher.json.{os.getpid()}.xyz.tmp"]  # no start time: whose it was is unknown
+    live = proj / f"metrics/.teacher.json.{me}.xyz.tmp"  # this test process: still running
     for f in [*stale, live]:
         f.write_bytes(b"half a file")
     old = []

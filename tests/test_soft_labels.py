@@ -4,11 +4,12 @@ import torch
 
 from kd.augment import apply_shifts
 from kd.checkpoint import new_model
+from kd.device import resolve_precision
+from kd.loop import TensorBatches, fit
 from kd.losses import LOSSES
 from kd.params import TrainParams
 from kd.soft_labels import (StaleSoftLabelsError, ViewCache, LiveTeacher, load_soft_labels, save_soft_labels,
                             teacher_view_logits, view_shifts)
-from kd.train import TensorBatches, fit
 
 CPU = torch.device("cpu")
 
@@ -79,7 +80,7 @@ def test_live_teacher_trains_a_student_on_the_batch_it_sees(teacher, cifar_like)
     cfg = TrainParams(arch="vgg8", epochs=1, batch_size=16, lr=0.05, jitter=4, flip=True)
     student = new_model("vgg8", "cifar10")
     history = fit(student, TensorBatches(x, y, 16, seed=0, jitter=4, flip=True, teacher=live), (x[:8], y[:8]), loss,
-                  cfg, device=CPU)
+                  cfg, device=CPU, precision=resolve_precision(cfg.precision, CPU))
     assert len(seen) == 3 and seen[0].shape == (16, 10) and history[0]["train_loss"] > 0
 
 

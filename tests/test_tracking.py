@@ -17,8 +17,9 @@ from conftest import REPO
 from kd.datasets import builtin_spec
 from kd.files import save_torch, write_json
 from kd.params import Params
-from kd_runs.run_info import dvc_stage, file_metrics, stage_param_keys, stage_params
-from kd_runs.tracking import ENV_DEFAULTS, Tracker
+from kd.dvc_stage import dvc_stage, stage_param_keys
+from kd_pipeline.run_info import file_metrics, stage_params
+from kd_pipeline.tracking import ENV_DEFAULTS, Tracker
 from mlflow_server import mlflow_server
 from system import free_port
 
@@ -168,8 +169,8 @@ def test_store_locked_mid_stage_gives_one_warning_line(tmp_path):
 
 
 def test_ui_link_opens_the_training_view_and_headline_comes_from_evaluate(tmp_path, monkeypatch):
-    from kd_runs.run_info import headline_metrics
-    from kd_runs.store import training_view, ui_link
+    from kd_pipeline.run_info import headline_metrics
+    from kd_pipeline.store import training_view, ui_link
 
     view = "/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=kd-training"
     assert ui_link("https://mlflow.example.org/", "7") == f"MLflow runs: https://mlflow.example.org{view}"

@@ -134,7 +134,7 @@ def test_runs_logged_via_env_var_land_in_postgresql(mlflow_server):
 
 def test_a_pipeline_stage_logs_to_the_server(mlflow_server, tmp_path):
     """The pipeline itself, pointed at the team server only by MLFLOW_TRACKING_URI."""
-    pytest.importorskip("kd_runs.tracking", reason="the pipeline's MLflow tracking (kd_runs.tracking) is not here yet")
+    pytest.importorskip("kd_pipeline.tracking", reason="the pipeline's MLflow tracking (kd_pipeline.tracking) is not here yet")
     import yaml
     from mlflow.tracking import MlflowClient
 

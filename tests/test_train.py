@@ -2,10 +2,11 @@ import pytest
 import torch
 
 from kd.checkpoint import new_model
+from kd.device import resolve_precision
 from kd.losses import LOSSES
 from kd.params import TrainParams
+from kd.loop import DivergedError, TensorBatches, fit
 from kd.resume import ResumeState
-from kd.train import DivergedError, TensorBatches, fit
 
 CPU = torch.device("cpu")
 
@@ -25,7 +26,8 @@ def run(toy_images, c, resume=None, stop_after=None):
             raise KeyboardInterrupt  # stands in for a crash after the epoch's checkpoint
 
     history = fit(model, TensorBatches(x, y, c.batch_size, seed=0, jitter=c.jitter), (x[:50], y[:50]),
-                  LOSSES["ce"], c, device=CPU, resume=resume, on_epoch=on_epoch)
+                  LOSSES["ce"], c, device=CPU, precision=resolve_precision(c.precision, CPU), resume=resume,
+                  on_epoch=on_epoch)
     return model, history
 
 

@@ -47,17 +47,14 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-_WARNED: set[str] = set()
-
-
 def resolve_precision(setting: str, device: torch.device) -> str:
-    """The precision a stage actually trains and infers in: "fp32" or "bf16"."""
+    """The precision a model actually trains and infers in: "fp32" or "bf16". Asked once per
+    model, by whoever builds it, which passes the answer down (so the warning shows once)."""
     if setting not in PRECISIONS:
         raise ValueError(f"precision {setting!r}: choose one of {PRECISIONS}")
     if setting == "auto":
         return "bf16" if native_bf16(device) else "fp32"
-    if setting == "bf16" and not native_bf16(device) and device.type not in _WARNED:
-        _WARNED.add(device.type)  # once per process, however often it is asked
+    if setting == "bf16" and not native_bf16(device):
         print(f"warning: precision bf16 on a {describe(device)} without native bf16 is emulated and "
               "typically several times slower than fp32; `precision: auto` would pick fp32",
               file=sys.stderr, flush=True)
@@ -86,11 +83,11 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def prepare_model(model: nn.Module, precision: str) -> nn.Module:
+def prepare_model(model: nn.Module) -> nn.Module:
     """channels_last for conv nets: oneDNN's and cuDNN's convolutions are fastest in it.
     Measured on an AVX-512 CPU with native bf16 (benchmarks/precision.py, reports/
-    benchmarks.md): faster or equal for every conv net in both precisions, 1.2-1.4x in
-    bf16. `precision` is kept so a layout that only pays in one precision has one place."""
+    benchmarks.md): faster or equal for every conv net in both precisions (1.2-1.4x in
+    bf16), so the layout does not depend on the precision."""
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return model.to(memory_format=torch.channels_last)
     return model

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 
 from kd.errors import UserError
+from kd.process_id import process_alive, this_process
 
 
 class OutputFileError(UserError, RuntimeError):
@@ -24,8 +26,8 @@ class OutputFileError(UserError, RuntimeError):
 def _atomic(path: Path, write) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # The pid in the name tells remove_stale_tmp whose temp file it is.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        # The process in the name tells remove_stale_tmp whose temp file it is.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{this_process()}.", suffix=".tmp")
     except OSError as e:
         raise OutputFileError(f"{path}: cannot write it ({e.strerror or e})") from None
     try:
@@ -59,25 +61,18 @@ def save_torch(obj: Any, path: str | Path, *, stream: bool = False) -> None:
 
 def remove_stale_tmp(directory: str | Path) -> list[Path]:
     """Remove the temp files and dirs that a killed process left in `directory`
-    (those of `_atomic` and `staged_dir`, whose process is gone); returns them."""
+    (those of `_atomic`, `scratch_dir` and `staged_dir`, whose process is gone); returns them."""
     removed = []
     for tmp in Path(directory).glob(".*.tmp"):
-        pid = tmp.name.split(".")[-3]
-        if pid.isdigit() and _alive(int(pid)):
+        if (owner := _TMP_OWNER.search(tmp.name)) and process_alive(owner.group(1)):
             continue
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's
-        pass
-    return True
+# ".<name>.<pid>@<start time>.<mkstemp's random part: no dots>.tmp"
+_TMP_OWNER = re.compile(r"\.(\d+@[\d.]+)\.[^.]+\.tmp$")
 
 
 class InputFileError(UserError, RuntimeError):
@@ -123,10 +118,10 @@ def file_md5(path: str | Path) -> str:
 @contextmanager
 def scratch_dir(parent: str | Path):
     """A temp dir in `parent` (same disk as the outputs), removed afterwards; a killed
-    process's is removed by the next run (remove_stale_tmp: its pid is in the name)."""
+    process's is removed by the next run (remove_stale_tmp: its process is in the name)."""
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".scratch.{os.getpid()}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".scratch.{this_process()}.", suffix=".tmp"))
     try:
         yield tmp
     finally:
@@ -138,7 +133,7 @@ def staged_dir(path: str | Path):
     """Yield an empty temp dir beside `path`; it replaces `path` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{this_process()}.", suffix=".tmp"))
     try:
         yield tmp
         shutil.rmtree(path, ignore_errors=True)

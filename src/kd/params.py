@@ -17,12 +17,22 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kd.datasets import DATASET_NAMES, DATASETS, FOLDER
-from kd.dvc_yaml import YAMLSyntaxError, parse_yaml
 from kd.errors import UserError
 from kd.models import check_arch, input_problem
 from kd.paths import NO_INPUT
+from kd.yaml_reader import YAMLSyntaxError, parse_yaml
 
 PARAMS_FILE = "params.yaml"
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested params as DVC names them: {"teacher": {"lr": 0.1}} -> {"teacher.lr": 0.1}; lists stay leaves."""
+    if not isinstance(obj, dict):
+        return {prefix: obj}
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
 
 
 def _one_of(registry, what: str) -> AfterValidator:
@@ -59,7 +69,7 @@ class _Strict(BaseModel):
 
 
 # Seeds fit in 32 bits, as numpy's do; the batch order is seeded with
-# seed * 100_003 + epoch (kd.train), which must fit torch's 64-bit seed.
+# seed * 100_003 + epoch (kd.loop), which must fit torch's 64-bit seed.
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 

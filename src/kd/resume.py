@@ -4,7 +4,7 @@ DVC deletes a stage's outputs before it reruns the stage, so a checkpoint
 stored as an output would be gone exactly when a crashed stage is restarted.
 The state lives in <project>/.resume/ instead, named by a key that hashes what
 the stage declares in dvc.yaml (its params and the content of its deps, code
-included: kd.declared.stage_fingerprint), so a changed experiment or changed
+included: kd.dvc_stage.stage_fingerprint), so a changed experiment or changed
 code never resumes from a stale state. The stage removes it last, once every
 output is written; states of runs that will never resume are pruned (`prune`).
 """

@@ -64,7 +64,7 @@ class LiveTeacher:
 
     def __init__(self, teacher: nn.Module, device: torch.device, precision: str):
         # The layout the teacher trained in: channels_last doubles conv inference in bf16 here.
-        self.teacher = prepare_model(teacher, precision).to(device).eval()
+        self.teacher = prepare_model(teacher).to(device).eval()
         self.device, self.precision = device, precision
 
     def subset(self, keep: torch.Tensor) -> "LiveTeacher":

@@ -13,11 +13,10 @@ from typing import Any
 
 import yaml
 
-from kd.dvc_yaml import parse_yaml
+from kd.params import flatten  # {'teacher': {'lr': 0.1}} -> {'teacher.lr': 0.1}
 from kd.paths import metrics_file
 from kd.profiles import load_profile
-
-from kd_runs.run_info import flatten  # {'teacher': {'lr': 0.1}} -> {'teacher.lr': 0.1}
+from kd.yaml_reader import parse_yaml
 
 SEEDS = (0, 1, 2)
 TEMPERATURES = (1, 2, 4, 8, 20, 50)

@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 
 from kd.files import write_bytes
-from kd_runs.dvc_exps import Shown, fingerprint
-from kd_runs.experiments import PosterError
+from kd_study.dvc_exps import Shown, fingerprint
+from kd_study.experiments import PosterError
 
 
 def load(path: Path) -> list[Shown]:

@@ -17,10 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
-from kd.dvc_yaml import parse_yaml
-from kd_runs.experiments import Experiment, PosterError
-from kd_runs.run_info import flatten
+from kd.params import flatten
+from kd.yaml_reader import parse_yaml
+from kd_study.experiments import Experiment, PosterError
 
 BUSY = ("queued", "running")
 
@@ -34,7 +33,7 @@ class Shown:
     rev: str                       # its own commit (for a failed one: what was queued)
     params: dict                   # params.yaml, flattened
     metrics: dict[str, dict]       # metrics file path -> its content, for those it wrote
-    code: str | None = None        # recorded runs (kd_runs.record): the fingerprint of the code it ran
+    code: str | None = None        # recorded runs (kd_study.record): the fingerprint of the code it ran
 
 
 def _tool(name: str, root: Path, args, check: bool) -> subprocess.CompletedProcess:

@@ -1,18 +1,15 @@
 """The poster report: our numbers (mean ± std over seeds) beside the poster's and Hinton's."""
 from __future__ import annotations
 
-import math
 import statistics
 from pathlib import Path
 
-from scipy import stats
-
 from kd.paths import metrics_file
-from kd_runs.experiments import OMITTED_DIGIT, Experiment
-
-# An experiment and its metrics files by path (kd.paths), None when it did not finish.
-Run = tuple[Experiment, "dict | None"]
-EVALUATION = metrics_file("evaluate").as_posix()
+from kd_study import report_cifar
+from kd_study.experiments import OMITTED_DIGIT, Experiment
+from kd_study.report_plots import plots
+from kd_study.runs import (BEFORE_AND_AFTER_FIX, Run, at_temperature, finished, gain_test, of_kind, of_part, pct,
+                           scores, table)
 
 # Published numbers, as the poster and the papers state them (test accuracy, %).
 HINTON = {"teacher": "99.33 (67 errors)", "baseline": "98.54 (146 errors)", "student": "99.26 (74 errors)"}
@@ -20,34 +17,6 @@ HINTON = {"teacher": "99.33 (67 errors)", "baseline": "98.54 (146 errors)", "stu
 # the 1010 threes; with the 3s' bias raised by 3.5, 109 errors, 14 on threes.
 HINTON_OMIT = {"before": "86.8 of 3s, 97.94 overall", "after": "98.6 of 3s, 98.91 overall"}
 # ---- which runs -------------------------------------------------------------------------
-
-def finished(runs: list[Run]) -> list[Run]:
-    return [(e, m) for e, m in runs if m is not None]
-
-
-def of_part(runs: list[Run], part: str) -> list[Run]:
-    return [(e, m) for e, m in runs if e.part == part]
-
-
-def of_kind(runs: list[Run], kind: str) -> list[Run]:
-    return [(e, m) for e, m in runs if e.kind == kind]
-
-
-def at_temperature(runs: list[Run], t: float) -> list[Run]:
-    return [(e, m) for e, m in runs if e.overrides.get("temperature") == t]
-
-
-def scores(runs: list[Run], role: str, *key: str) -> list[float]:
-    """evaluate.json's `role`.`key` of every finished run that has it, e.g. ("student", "accuracy")."""
-    out = []
-    for _, metrics in finished(runs):
-        value = metrics.get(EVALUATION, {}).get(role)
-        for k in key:
-            value = value.get(k) if isinstance(value, dict) else None
-        if value is not None:
-            out.append(value)
-    return out
-
 
 def hardware(runs: list[Run]) -> str:
     """The precisions and CPU kinds the runs' models trained with, from their metrics files:
@@ -63,32 +32,6 @@ def kd_gain(runs: list[Run]) -> dict:
 
 
 # ---- numbers as text --------------------------------------------------------------------
-
-def pct(values: list[float]) -> str:
-    """mean ± std (sample std over seeds) in percent."""
-    if not values:
-        return "not run"
-    m = 100 * statistics.fmean(values)
-    if len(values) < 2:
-        return f"{m:.2f} (n=1)"
-    return f"{m:.2f} ± {100 * statistics.stdev(values):.2f}"
-
-
-def gain_test(student: list[float], baseline: list[float]) -> dict:
-    """Paired over seeds: is the KD gain larger than seed-to-seed noise?"""
-    gains = [s - b for s, b in zip(student, baseline)]
-    out = {"gains": gains, "n": len(gains), "mean": statistics.fmean(gains) if gains else math.nan,
-           "std": statistics.stdev(gains) if len(gains) > 1 else math.nan, "p": math.nan,
-           "ci": (math.nan, math.nan)}  # the 95% t-interval of the mean gain
-    if len(gains) > 1:
-        half = stats.t.ppf(0.975, len(gains) - 1) * out["std"] / math.sqrt(len(gains))
-        out["ci"] = (out["mean"] - half, out["mean"] + half)
-    if len(gains) > 1 and statistics.stdev(gains) > 0:
-        out["p"] = float(stats.ttest_rel(student, baseline).pvalue)
-    elif len(gains) > 1:
-        out["p"] = 0.0 if out["mean"] else 1.0
-    return out
-
 
 def verdict(g: dict) -> str:
     if not g["gains"]:
@@ -125,13 +68,7 @@ def _mean(values, fmt) -> str:
     return s + (" ± " + fmt.format(statistics.stdev(values)) if len(values) > 1 else "")
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(r) + " |" for r in rows), ""]
-
-
 EXTRA_HEADER = ["ECE %", "top-1 agreement with teacher %", "KL(teacher‖model), nats"]
-BEFORE_AND_AFTER_FIX = (("before", ()), ("after", ("corrected",)))  # evaluate.json keys of the bias fix
 
 
 # ---- sections ---------------------------------------------------------------------------
@@ -149,7 +86,7 @@ def mnist_section(runs: list[Run], temperatures, main_t: float = 20) -> list[str
         of_role = main[:1] if role == "teacher" else main  # one teacher for all seeds
         rows.append([label, pct(scores(of_role, role, "accuracy")), _mean(scores(of_role, role, "errors"), "{:.1f}"),
                      HINTON[role], *_extras(of_role, role)])
-    lines += _table(["model", "ours: test accuracy %", "test errors", "Hinton et al.", *EXTRA_HEADER], rows)
+    lines += table(["model", "ours: test accuracy %", "test errors", "Hinton et al.", *EXTRA_HEADER], rows)
     lines += [f"KD gain (distilled − true labels, paired by seed): **{fmt_gain(g)} points**; "
               f"exceeds seed noise: {verdict(g)}. The poster: about 99% at T=20.", ""]
     lines += ["### Temperature sweep", "", "![accuracy vs temperature](poster/temperature.png)", ""]
@@ -159,7 +96,7 @@ def mnist_section(runs: list[Run], temperatures, main_t: float = 20) -> list[str
         gt = kd_gain(at_t)
         rows.append([f"{t:g}", pct(scores(at_t, "student", "accuracy")), fmt_gain(gt), verdict(gt),
                      *_extras(at_t, "student")])
-    lines += _table(["T", "distilled student %", "gain over true labels", "exceeds seed noise", *EXTRA_HEADER], rows)
+    lines += table(["T", "distilled student %", "gain over true labels", "exceeds seed noise", *EXTRA_HEADER], rows)
     if main:
         lines += [f"True-label student (no T): {pct(scores(main, 'baseline', 'accuracy'))}.", ""]
     return lines
@@ -179,7 +116,7 @@ def omit_section(runs: list[Run]) -> list[str]:
                          pct(scores(omit, role, *fix, "accuracy")),
                          _mean(scores(omit, role, "corrected", "bias"), "{:.2f}") if when == "after" else "",
                          HINTON_OMIT[when] if role == "student" else ""])
-    lines += _table(["model", "bias fix", f"accuracy on {d}s %", "overall %", "fitted bias", "Hinton et al."], rows)
+    lines += table(["model", "bias fix", f"accuracy on {d}s %", "overall %", "fitted bias", "Hinton et al."], rows)
     return lines
 
 
@@ -196,7 +133,7 @@ def hinton_section(runs: list[Run]) -> list[str]:
         of_role = rs[:1] if role == "teacher" else rs
         rows.append([label, _mean(scores(of_role, role, "errors"), "{:.1f}"), pct(scores(of_role, role, "accuracy")),
                      HINTON[role]])
-    lines += _table(["model", "test errors", "test accuracy %", "Hinton et al."], rows)
+    lines += table(["model", "test errors", "test accuracy %", "Hinton et al."], rows)
     errors = scores(rs, "student", "errors")
     if errors:
         lines += [f"Distilled students at or below Hinton's 74 errors: {sum(e <= 74 for e in errors)} of "
@@ -206,7 +143,6 @@ def hinton_section(runs: list[Run]) -> list[str]:
 
 def write_report(path: Path, runs: list[Run], *, header: list[str], temperatures, chosen=None,
                  commits: set[str] | None = None) -> None:
-    from kd_runs import report_cifar  # it imports this module
     lines = ["# Knowledge distillation: the poster's experiments, rerun", "", *header, ""]
     parts = {e.part for e, _ in runs}
     for part in sorted(parts):
@@ -224,11 +160,9 @@ def write_report(path: Path, runs: list[Run], *, header: list[str], temperatures
     lines += report_cifar.machine_time(path.with_suffix("") / "machine-time.csv", commits)
     lines += ["## Experiments", "", "`dvc exp show` lists them (on the commit they ran from); the rows above "
               "average these:", ""]
-    lines += _table(["experiment", "seed", "`-S` overrides of params.yaml"],
+    lines += table(["experiment", "seed", "`-S` overrides of params.yaml"],
                     [[e.name, str(e.seed), _overrides(e)] for e, _ in runs])
     path.parent.mkdir(parents=True, exist_ok=True)
-    from kd_runs.report_plots import plots  # it imports this module; and matplotlib only loads here
-
     plots(runs, temperatures, path.parent / "poster")
     path.write_text("\n".join(lines))
 

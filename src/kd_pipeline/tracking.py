@@ -23,13 +23,14 @@ import sys
 import time
 from pathlib import Path
 
+from kd.dvc_stage import dvc_stage, stage_param_keys
 from kd.params import Params
-from kd_runs.registry import LineageMixin
-from kd_runs.run_info import (METRICS_DIR, dvc_stage, file_metrics, headline_metrics, parent_name, run_tags,
-                              stage_metrics_files, stage_param_keys, stage_params)
-from kd_runs.store import (ENV_DEFAULTS, HOST_TAG, PROCESS_TAG, HeldLogs, artifact_location,  # noqa: F401
-                           experiment_name, process_alive, this_process, tracking_enabled, tracking_uri,
-                           training_view, ui_link)
+from kd.process_id import process_alive, this_process
+from kd_pipeline.registry import LineageMixin
+from kd_pipeline.run_info import (METRICS_DIR, file_metrics, headline_metrics, parent_name, run_tags,
+                                  stage_metrics_files, stage_params)
+from kd_pipeline.store import (ENV_DEFAULTS, HOST_TAG, PROCESS_TAG, HeldLogs, artifact_location,  # noqa: F401
+                               experiment_name, tracking_enabled, tracking_uri, training_view, ui_link)
 
 class Tracker(LineageMixin):
     """The MLflow child run of one stage; every method is a no-op once tracking is off."""
@@ -234,7 +235,7 @@ class Tracker(LineageMixin):
         """An MLflow pytorch model with signature and input example. MLflow saves
         it as a torch.export program, so loading it needs no code from this repo.
         `file`: the checkpoint it was saved to, whose md5 the model is tagged with
-        (kd_runs.registry); its class names go into the model's metadata. Returns the
+        (kd_pipeline.registry); its class names go into the model's metadata. Returns the
         LoggedModel, or None."""
         if self.active:
             return self._guard(f"logging model {name}", self._log_model, model, name, example, file)
@@ -246,7 +247,7 @@ class Tracker(LineageMixin):
         from mlflow.models import infer_signature
 
         from kd.files import load_torch
-        from kd_runs.registry import model_metadata, model_tags
+        from kd_pipeline.registry import model_metadata, model_tags
 
         model = model.cpu().eval()
         x = example.cpu().float().div(255).numpy()
@@ -269,7 +270,7 @@ class Tracker(LineageMixin):
         import onnxruntime
         from mlflow.models import infer_signature
 
-        from kd_runs.registry import model_tags
+        from kd_pipeline.registry import model_tags
 
         x = example.cpu().float().div(255).numpy()
         sess = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -284,4 +285,4 @@ class Tracker(LineageMixin):
         )
         return self._client.get_logged_model(info.model_id)
 
-    # Lineage and registry (kd_runs.registry) -----------------------------------
+    # Lineage and registry (kd_pipeline.registry) -----------------------------------

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from kd import distributed
 from kd.augment import apply_shifts, draw_shifts
-from kd.device import autocast, resolve_precision
+from kd.device import autocast
 from kd.errors import UserError
 from kd.params import TrainParams
 from kd.inference import predict
@@ -132,6 +132,7 @@ def fit(
     cfg: TrainParams,
     *,
     device: torch.device,
+    precision: str,
     resume: ResumeState | None = None,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> list[dict]:
@@ -139,11 +140,10 @@ def fit(
 
     Under torchrun every rank calls this with its own shard of `batches`; the
     returned metrics are over all ranks, and only rank 0 prints and saves the
-    resume state. It computes in the precision cfg.precision resolves to on `device`.
-    `on_epoch` runs on every rank.
+    resume state. It computes in `precision` ("fp32" or "bf16": what
+    kd.device.resolve_precision made of cfg.precision). `on_epoch` runs on every rank.
     """
     model.to(device)
-    precision = resolve_precision(cfg.precision, device)
     net = distributed.wrap(model, device)  # trains; `model` is the plain module inside
     main = distributed.is_main()
     opt, sched = make_optimizer(model, cfg, cfg.epochs * len(batches))

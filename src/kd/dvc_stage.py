@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from kd.dvc_yaml import parse_yaml
 from kd.files import file_md5
-from kd.params import PARAMS_FILE, Params
+from kd.params import PARAMS_FILE, Params, flatten
+from kd.yaml_reader import parse_yaml
 
 DVC_YAML = Path("dvc.yaml")
 
@@ -42,16 +42,6 @@ def stage_param_keys(spec: dict) -> list[str] | None:
                     return None
                 keys.extend(sub)
     return keys
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """{"teacher": {"lr": 0.1}} -> {"teacher.lr": 0.1}; lists stay leaves."""
-    if not isinstance(obj, dict):
-        return {prefix: obj}
-    out: dict[str, Any] = {}
-    for k, v in obj.items():
-        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
 
 
 def select(params: Params, keys: list[str] | None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from torch import nn
 
 from kd import distributed
 from kd.checkpoint import InitWeightsError, load_init, new_model, save_model
-from kd.declared import stage_fingerprint
+from kd.dvc_stage import stage_fingerprint
 from kd.device import describe, hardware_info, prepare_model, resolve_precision, seed_everything
 from kd.files import write_csv, write_json
 from kd.params import Params, TrainParams, check_training_set
@@ -20,11 +20,11 @@ from kd.paths import curve_file, metrics_file, model_file
 from kd.resume import ResumeState
 from kd.soft_labels import LiveTeacher, ViewCache
 from kd.splits import load_spec, load_split
-from kd.train import TensorBatches, evaluate_as_is, fit
+from kd.loop import TensorBatches, evaluate_as_is, fit
 
 
 class StageContext(Protocol):
-    """What training needs from the stage running it (kd_runs.stage.StageRun is one)."""
+    """What training needs from the stage running it (kd_pipeline.stage.StageRun is one)."""
     name: str
     params: Params
     device: torch.device
@@ -52,7 +52,7 @@ def train_model(ctx: StageContext, role: str, cfg: TrainParams, data: tuple[torc
         if note and distributed.is_main():
             print(f"[{ctx.name}] {note}", flush=True)
     precision = resolve_precision(cfg.precision, ctx.device)
-    model = prepare_model(model, precision)
+    model = prepare_model(model)
     if distributed.is_main():
         print(f"[{ctx.name}] {role}: precision {precision} (params: {cfg.precision}) on {describe(ctx.device)}",
               flush=True)
@@ -63,8 +63,8 @@ def train_model(ctx: StageContext, role: str, cfg: TrainParams, data: tuple[torc
     if distributed.is_main():
         ctx.resume.prune()
     if cfg.epochs:
-        history = fit(model, batches, load_split("val"), loss_fn, cfg, device=ctx.device, resume=ctx.resume,
-                      on_epoch=ctx.on_epoch)
+        history = fit(model, batches, load_split("val"), loss_fn, cfg, device=ctx.device, precision=precision,
+                      resume=ctx.resume, on_epoch=ctx.on_epoch)
     else:  # used as it is: its numbers as "epoch 0"
         history = [evaluate_as_is(model, (x, y), load_split("val"), loss_fn, device=ctx.device,
                                   precision=precision)]

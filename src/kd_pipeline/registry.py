@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kd.datasets import DATASETS
 from kd.files import file_md5
-from kd_runs.run_info import numeric_leaves
+from kd_pipeline.run_info import numeric_leaves
 
 CONTEXT_TAG = "mlflow.data.context"  # what the MLflow UI shows beside a dataset input
 
@@ -94,7 +94,7 @@ def champion_refusal(evaluate: dict, export: dict, max_logit_diff: float) -> str
     """Why the distilled student may not become `champion` (None: it may): it must beat the
     true-label student on the test set (metrics/evaluate.json), and its ONNX copy must compute
     what it computes (metrics/export.json; max_logit_diff: kd.export.MAX_LOGIT_DIFF, passed in
-    because kd_runs imports no kd module a stage would then depend on)."""
+    because kd_pipeline imports no kd module a stage would then depend on)."""
     student, baseline = evaluate["student"]["accuracy"], evaluate["baseline"]["accuracy"]
     onnx = export["onnx"]
     if student <= baseline:
@@ -118,7 +118,7 @@ def registered_model_name(dataset: str, role: str = "student") -> str:
 
 
 class LineageMixin:
-    """The Tracker's lineage and registry calls (kd_runs.tracking.Tracker mixes it in): each
+    """The Tracker's lineage and registry calls (kd_pipeline.tracking.Tracker mixes it in): each
     goes through the tracker's `_guard`, so a failure costs one warning, never a result."""
 
     def log_data_input(self, path: Path, name: str, context: str, profile: dict | None = None,

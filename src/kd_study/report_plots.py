@@ -4,8 +4,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from kd_runs.experiments import OMITTED_DIGIT
-from kd_runs.report import BEFORE_AND_AFTER_FIX, Run, at_temperature, finished, of_kind, of_part, scores
+from kd_study.experiments import OMITTED_DIGIT
+from kd_study.report_cifar import budget_plot
+from kd_study.runs import BEFORE_AND_AFTER_FIX, Run, at_temperature, finished, of_kind, of_part, scores
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -50,6 +51,4 @@ def plots(runs: list[Run], temperatures, out_dir: Path) -> None:
         ax.bar(labels, vals, yerr=errs, capsize=3, color=["grey", "grey", "C0", "C0"])
         ax.set(ylabel=f"test accuracy on {OMITTED_DIGIT}s %", ylim=(0, 100))
         save(fig, "omit.png")
-    from kd_runs.report_cifar import budget_plot  # it imports report, as this module does
-
     budget_plot(runs, out_dir)

@@ -1,6 +1,7 @@
 """Where MLflow runs go and who made them: the store's URI and experiment, the
-environment defaults that bound waits on a dead server, the identity of this
-process (to tell a killed run from a live one), and holding back library logs."""
+environment defaults that bound waits on a dead server, the tags that tell a
+killed run from a live one (kd.process_id names the process), and holding back
+library logs."""
 from __future__ import annotations
 
 import json
@@ -107,25 +108,6 @@ def tracking_enabled() -> bool:
 # On each stage run, to tell a run whose process was killed from one still going.
 HOST_TAG = "kd.host"
 PROCESS_TAG = "kd.process"
-
-
-def this_process() -> str:
-    import psutil  # a dependency of dvc
-
-    me = psutil.Process()
-    return f"{me.pid}@{me.create_time()}"
-
-
-def process_alive(process: str) -> bool:
-    """Whether "pid@start_time" (this_process() of some process) still runs; the
-    start time tells a reused pid apart."""
-    import psutil
-
-    pid, _, started = process.partition("@")
-    try:
-        return abs(psutil.Process(int(pid)).create_time() - float(started)) < 0.01
-    except (psutil.Error, ValueError):
-        return False
 
 
 class HeldLogs(logging.Handler):

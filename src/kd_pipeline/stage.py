@@ -1,6 +1,7 @@
-"""What every stage script shares: validated params, timing, clear failures,
-and the stage's MLflow run. It records and times what the library computes
-and is no stage's dependency: changing it reruns nothing."""
+"""What every stage script shares: timing, clear failures and the stage's MLflow
+run, around kd.stage_setup (params, processes, seed, device: what decides the
+outputs). It records and times what the library computes and is no stage's
+dependency: changing it reruns nothing."""
 from __future__ import annotations
 
 import json
@@ -13,26 +14,23 @@ from typing import TYPE_CHECKING
 import torch
 
 from kd import distributed
-from kd.declared import declared_params, dvc_stage, stage_outputs
-from kd.device import describe, pick_device, seed_everything
+from kd.device import describe
+from kd.dvc_stage import dvc_stage, stage_outputs
 from kd.errors import UserError
 from kd.files import remove_stale_tmp, write_json
-from kd.params import Params, ParamsError, load_params, project_root
+from kd.params import Params, project_root
 from kd.paths import curve_file, metrics_file, model_file, split_file, timing_file
 from kd.splits import load_split
-from kd_runs.tracking import Tracker
+from kd.stage_setup import check_params_unchanged, stage_device, start
+from kd_pipeline.tracking import Tracker
 
 if TYPE_CHECKING:  # not a runtime import, so not a dep of every stage
     from kd.resume import ResumeState
 
 
-class ParamsChangedError(UserError):
-    """params.yaml changed while the stage ran."""
-
-
 @dataclass
 class StageRun:
-    """One run of a stage: kd.training.StageContext plus its MLflow run."""
+    """One run of a stage: kd.train_model.StageContext plus its MLflow run."""
     name: str
     params: Params
     device: torch.device
@@ -64,20 +62,15 @@ class StageRun:
 
 @contextmanager
 def stage(name: str, *, ddp: bool = False):
-    """Run a stage; with ddp=True it may train under torchrun (see kd.distributed)."""
+    """Run a stage; with ddp=True it may train under torchrun (see kd.stage_setup.start)."""
     tag = f"{name} rank {distributed.rank()}" if distributed.launched() else name
     tracking = Tracker(name)
     try:
-        params = load_params()
-        if distributed.launched() and not ddp:
-            raise distributed.LaunchError(f"stage {name} does not run under torchrun; start it with plain python")
-        if ddp and params.distributed.processes > 1 and not distributed.launched():
-            distributed.relaunch_under_torchrun(params.distributed.processes)  # does not return
-        seed_everything(params.seed)
+        params = start(name, ddp=ddp)
         if distributed.is_main():  # one MLflow run per stage, not one per rank
             remove_leftovers(name)
             tracking.start(params)  # never raises; a tracking failure only warns
-        run = StageRun(name, params, distributed.init(pick_device()), tracking)
+        run = StageRun(name, params, stage_device(), tracking)
         if distributed.is_main():
             print(f"[{name}] device={describe(run.device)} processes={distributed.world_size()} "
                   f"torch={torch.__version__}", flush=True)
@@ -113,19 +106,3 @@ def remove_leftovers(name: str) -> None:
         for tmp in remove_stale_tmp(d):
             print(f"[{name}] removed {tmp}, left by a killed run", flush=True)
 
-
-def check_params_unchanged(name: str, params: Params) -> None:
-    """DVC hashes params.yaml after the stage exits and files the outputs under
-    those values (in dvc.lock and the run-cache): they must still be the ones
-    the stage ran with."""
-    try:
-        now = load_params()
-    except (ParamsError, OSError, ValueError) as e:  # ValueError: not UTF-8
-        raise ParamsChangedError(f"params.yaml changed while the stage ran and cannot be read now ({e}); "
-                                 "its outputs are not recorded") from None
-    before, after = declared_params(name, params), declared_params(name, now)
-    changed = [f"{k}: {before.get(k, '(none)')} -> {after.get(k, '(none)')}"
-               for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
-    if changed:
-        raise ParamsChangedError(f"params.yaml changed while the stage ran ({'; '.join(changed)}); its outputs "
-                                 "are for the old values and are not recorded; run `dvc repro` again")

@@ -7,9 +7,9 @@ import csv
 from pathlib import Path
 
 from kd.paths import metrics_file
-from kd_runs.experiments import (BUDGETS, CIFAR_FAMILIES, GRID, LONGEST, SMOOTHING, STUDY_TEACHER_EPOCHS,
-                                 TEACHER_EPOCHS, TUNE_BUDGET, TUNED)
-from kd_runs.report import Run, _table, finished, gain_test, of_kind, of_part, pct, scores
+from kd_study.experiments import (BUDGETS, CIFAR_FAMILIES, GRID, LONGEST, SMOOTHING, STUDY_TEACHER_EPOCHS,
+                                  TEACHER_EPOCHS, TUNE_BUDGET, TUNED)
+from kd_study.runs import Run, finished, gain_test, of_kind, of_part, pct, scores, table
 
 PLATEAU_POINTS = 0.3  # doubling a teacher's epochs adds less than this (validation accuracy, points)
 NAMES = {"reversed": "reversed KD", "self": "self-KD", "hetero": "heterogeneous KD"}
@@ -35,7 +35,7 @@ def by_seed(runs: list[Run], role: str) -> dict[int, float]:
 
 
 def paired(a: dict[int, float], b: dict[int, float]) -> dict:
-    """a - b over the seeds both have (report.gain_test: mean, std, 95% t-interval, paired t-test)."""
+    """a - b over the seeds both have (runs.gain_test: mean, std, 95% t-interval, paired t-test)."""
     seeds = sorted(set(a) & set(b))
     return gain_test([a[s] for s in seeds], [b[s] for s in seeds])
 
@@ -92,7 +92,7 @@ def teachers(runs: list[Run]) -> list[str]:
             gain = 100 * (long_ - short)
             plateau = f"{gain:+.2f} points: " + ("plateau" if gain < PLATEAU_POINTS else "not yet at its plateau")
         rows.append([arch, *(_cell(val[e]) for e in TEACHER_EPOCHS), _cell(test[0] if test else None), plateau])
-    lines += _table(["teacher", *(f"val % at {e} epochs" for e in TEACHER_EPOCHS),
+    lines += table(["teacher", *(f"val % at {e} epochs" for e in TEACHER_EPOCHS),
                      f"test % at {STUDY_TEACHER_EPOCHS}", f"{STUDY_TEACHER_EPOCHS} -> {check} epochs adds"], rows)
     return lines
 
@@ -113,7 +113,7 @@ def grids(runs: list[Run], chosen: dict) -> list[str]:
             rows.append(row)
         base = [val_acc(m, "baseline") for _, m in finished(of_kind(runs, f"grid-{kind}"))]
         lines += [f"{LABEL[kind]} (true-label student: {_cell(base[0] if base else None)}):", ""]
-        lines += _table(["", *(f"alpha={a:g}" for a in GRID["alpha"])], rows)
+        lines += table(["", *(f"alpha={a:g}" for a in GRID["alpha"])], rows)
     rows = []
     for eps in SMOOTHING:
         point = finished(setting(runs, f"cifar-smooth{eps:g}-e{TUNE_BUDGET}"))
@@ -121,7 +121,7 @@ def grids(runs: list[Run], chosen: dict) -> list[str]:
         rows.append([f"{eps:g}", f"**{cell}**" if chosen.get("smooth") == {"baseline.label_smoothing": eps}
                      else cell])
     lines += ["Label smoothing of the true-label vgg8 student:", ""]
-    lines += _table(["epsilon", "validation %"], rows)
+    lines += table(["epsilon", "validation %"], rows)
     return lines
 
 
@@ -137,7 +137,7 @@ def gain_rows(runs: list[Run]) -> dict[tuple[str, int], dict]:
     return out
 
 
-def budget_table(runs: list[Run]) -> list[str]:
+def budgettable(runs: list[Run]) -> list[str]:
     lines = ["### KD gain against the student's budget", "",
              "Test accuracy %, mean ± std over seeds; gain = distilled − true-label student of the same seed "
              "(same init, batch order and augmentation), with its 95% t-interval and the paired t-test.", ""]
@@ -147,7 +147,7 @@ def budget_table(runs: list[Run]) -> list[str]:
     for (kind, b), r in gain_rows(runs).items():
         rows.append([LABEL[kind], str(b), str(r["gain"]["n"]), pct(list(r["baseline"].values())),
                      pct(list(r["student"].values())), *fmt_paired(r["gain"])])
-    lines += _table(["experiment", "student epochs", "seeds", "true labels %", "distilled %", "gain, points",
+    lines += table(["experiment", "student epochs", "seeds", "true labels %", "distilled %", "gain, points",
                      "95% CI", "p"], rows)
     return lines
 
@@ -161,7 +161,7 @@ def smoothing(runs: list[Run]) -> dict[str, dict]:
     return out
 
 
-def smoothing_table(runs: list[Run], chosen: dict) -> list[str]:
+def smoothingtable(runs: list[Run], chosen: dict) -> list[str]:
     eps = (chosen.get("smooth") or {}).get("baseline.label_smoothing")
     s = smoothing(runs)
     lines = [f"### The label-smoothing control ({LONGEST} epochs)", "",
@@ -172,7 +172,7 @@ def smoothing_table(runs: list[Run], chosen: dict) -> list[str]:
              "vs plain true labels"]]
     for kind in TUNED:
         rows.append([f"distilled, {LABEL[kind]}", "", *fmt_paired(s[kind]), "vs smoothing"])
-    lines += _table(["student", "test %", "difference, points", "95% CI", "p", "compared with"], rows)
+    lines += table(["student", "test %", "difference, points", "95% CI", "p", "compared with"], rows)
     return lines
 
 
@@ -224,7 +224,7 @@ def machine_time(path: Path, commits: set[str] | None = None) -> list[str]:
              f"Wall time of the invocations that ran the experiments of this report ([{rel}]({rel}) lists "
              "each), by part and by the CPU they ran on (torch capability, what `precision: auto` chose there):",
              ""]
-    lines += _table(["part", "CPU, precision, device", "experiments run", "hours"],
+    lines += table(["part", "CPU, precision, device", "experiments run", "hours"],
                     [[part, cpu, f"{n:.0f}", f"{sec / 3600:.2f}"] for (part, cpu), (sec, n) in total.items()])
     cifar = sum(sec for (part, _), (sec, _) in total.items() if part.startswith("cifar"))
     if cifar:
@@ -242,10 +242,10 @@ def cifar_section(runs: list[Run], chosen: dict) -> list[str]:
              "Data: the CIFAR-10 mirror, JPEG quality 75. Nets: vgg5 (99k params), vgg8 (148k) and resnet8 "
              "(78k), the cheapest that keep the poster's relations: a smaller net teaching a larger one, a net "
              "teaching itself, and knowledge crossing VGG -> ResNet (`profiles/cifar10-cpu.yaml`, "
-             "`kd_runs/experiments.py`). The teacher labels exactly the augmented view the student sees "
+             "`kd_study/experiments.py`). The teacher labels exactly the augmented view the student sees "
              "(`soft_labels.mode: live`). T, alpha and the smoothing epsilon were chosen on the validation "
              "split; every accuracy below is on the test set.", ""]
-    lines += teachers(cifar) + grids(cifar, chosen) + budget_table(cifar) + smoothing_table(cifar, chosen)
+    lines += teachers(cifar) + grids(cifar, chosen) + budgettable(cifar) + smoothingtable(cifar, chosen)
     lines += claims(cifar)
     return lines
 

@@ -1,6 +1,6 @@
 """What a stage's MLflow run records, read from dvc.yaml and params: the stage's
 params and metrics files, and the tags that tie the stages of one `dvc repro` /
-`dvc exp run` invocation to one parent run (see kd_runs.tracking)."""
+`dvc exp run` invocation to one parent run (see kd_pipeline.tracking)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,9 +10,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-
-from kd.declared import dvc_stage, flatten, select, stage_param_keys  # noqa: F401 (re-exported)
-from kd.params import Params
+from kd.dvc_stage import select
+from kd.params import Params, flatten
 from kd.paths import METRICS
 
 METRICS_DIR = METRICS  # kd.paths
