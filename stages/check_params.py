@@ -7,5 +7,7 @@ from kd.files import write_json
 from kd.paths import PARAMS_OK
 from kd_pipeline.stage import stage
 
-with stage("check_params"):
+with stage("check_params") as run:
+    for note in run.params.method.ignored():
+        print(f"[check_params] note: {note}")
     write_json(PARAMS_OK, {"params.yaml": "valid"})

@@ -23,6 +23,7 @@ with stage("train_student", ddp=True) as run:
     run.tracking.log_data_input(SOFT_LABELS, f"{p.data.dataset}-soft-labels", "training",
                                 tags={"teacher_md5": file_md5(model_file("teacher")), "mode": p.soft_labels.mode})
     run.tracking.log_model_input(model_file("teacher"))
-    loss = partial(LOSSES["kd"], temperature=p.temperature, alpha=p.alpha)
+    kd_alpha = {"alpha": p.alpha} if p.method.name == "kd" else {}  # dkd and dist carry their own weights
+    loss = partial(LOSSES[p.method.name], temperature=p.temperature, **kd_alpha, **p.method.options())
     model, history = train_model(run, "student", p.student, (x, y), loss, seed=p.seed, teacher=teacher.subset(keep))
     run.track_model("student", model, history)

@@ -160,6 +160,10 @@ def resnet18_weights(path):
 
 CASES = [
     # (id, stage, edit, message)
+    ("method-unknown", "check_params", param("method.name", "crd"), "method.name: Input should be 'kd', 'dkd' or 'dist'"),
+    ("method-dkd-beta-negative", "train_student", param("method.dkd.beta", -1), "method.dkd.beta: Input should be greater than or equal to 0"),
+    ("method-dkd-warmup-over-one", "check_params", param("method.dkd.warmup", 20), "method.dkd.warmup: Input should be less than or equal to 1"),
+    ("method-dist-logit-std", "check_params", param("method.dist.logit_std", True), "method.dist.logit_std: unknown key"),
     ("temperature-zero", "check_params", param("temperature", 0), "temperature: Input should be greater than or equal to 0.01"),
     ("temperature-negative", "train_student", param("temperature", -3), "temperature: Input should be greater than or equal to 0.01"),
     ("alpha-above-1", "check_params", param("alpha", 1.5), "alpha: Input should be less than or equal to 1"),

@@ -5,6 +5,7 @@ stage's `src/kd` dependency changed as soon as Python cached its bytecode there:
 the second `dvc repro` reran the whole pipeline. Every command here runs with
 bytecode writing on, as on a user's machine.
 """
+import re
 import sys
 
 import pytest
@@ -69,4 +70,22 @@ def test_queued_sweep_trains_no_teacher_and_no_baseline(bytecode_project):
     assert len(names) == 2, status
     for name in names:
         logs = dvc("queue", "logs", name, proj=proj).stdout
+        assert stages_run(logs) == {"check_params", "train_student", "evaluate", "export_onnx"}, (name, logs[-3000:])
+
+
+def test_method_sweep_trains_one_student_per_method_and_unused_sections_retrain_nothing(bytecode_project):
+    proj = bytecode_project
+    sh(["git", "checkout", "--", "params.yaml"], proj)
+    # Tuning a method not in use changes no hash a training stage keys on.
+    out = dvc("exp", "run", "-S", "method.dist.beta=3", proj=proj)
+    assert stages_run(out) == {"check_params"}, out.stdout[-3000:]
+    assert "method.dist (beta=3.0, gamma=1.0, ce=1.0) is ignored: method.name is kd" in out.stdout + out.stderr
+    sh(["git", "checkout", "--", "params.yaml"], proj)
+    queued = dvc("exp", "run", "--queue", "-S", "method.name=dkd,dist", proj=proj).stdout
+    names = re.findall(r"Queued experiment '([^']+)'", queued)
+    assert len(names) == 2, queued
+    dvc("exp", "run", "--run-all", proj=proj)
+    for name in names:
+        logs = dvc("queue", "logs", name, proj=proj).stdout
+        # teacher, its soft labels and the true-label student come from the run-cache
         assert stages_run(logs) == {"check_params", "train_student", "evaluate", "export_onnx"}, (name, logs[-3000:])

@@ -49,6 +49,7 @@ def select(params: Params, keys: list[str] | None) -> dict[str, Any]:
     flat = flatten(params.model_dump())
     if keys is None:
         return flat
+    keys = [_fill(k, flat) for k in keys]  # `method.${method.name}`: the chosen method's section only
     return {k: v for k, v in flat.items() if any(k == s or k.startswith(s + ".") for s in keys)}
 
 
@@ -74,8 +75,11 @@ def deps_md5(deps: list[str]) -> dict[str, str]:
 
 def interpolate(path: str, params: Params) -> str:
     """`${data.path}` -> its value, as DVC's templating fills dvc.yaml from params.yaml."""
-    flat = flatten(params.model_dump())
-    return re.sub(r"\$\{([^}]+)\}", lambda m: str(flat[m.group(1).strip()]), path)
+    return _fill(path, flatten(params.model_dump()))
+
+
+def _fill(text: str, flat: dict[str, Any]) -> str:
+    return re.sub(r"\$\{([^}]+)\}", lambda m: str(flat[m.group(1).strip()]), text)
 
 
 def stage_fingerprint(stage: str, params: Params, script: str) -> str:

@@ -166,6 +166,7 @@ def fit(
         bar = tqdm(batches.epoch(epoch, device), total=len(batches), leave=False,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if main else True)
         for step, (x, batch) in enumerate(bar):
+            batch["progress"] = (epoch + 1) / cfg.epochs  # DKD's warm-up reads it
             with autocast(device, precision):
                 logits = net(x)
             loss = loss_fn(logits.float(), batch)

@@ -147,6 +147,52 @@ class SoftLabelParams(_Strict):
     views: int = Field(1, ge=1)
 
 
+class KDParams(_Strict):
+    # Hinton's loss; its weight and temperature are the top-level `alpha` and `temperature`.
+    logit_std: bool = False  # Sun et al. (2024): z-score each sample's logits before softening
+
+
+class DKDParams(_Strict):
+    # Zhao et al. (2022), their CIFAR-100 defaults. `alpha` and `beta` weigh the target-class
+    # (TCKD) and non-target (NCKD) terms; `ce` the true labels.
+    alpha: float = Field(1.0, ge=0, le=100)
+    beta: float = Field(8.0, ge=0, le=100)
+    ce: float = Field(1.0, ge=0, le=100)
+    # The DKD term ramps up linearly over this share of the epochs (the paper: 20 of 240).
+    warmup: float = Field(0.0833, ge=0, le=1)
+    logit_std: bool = False
+
+
+class DISTParams(_Strict):
+    # Huang et al. (2022), their defaults: inter-class (`beta`) and intra-class (`gamma`)
+    # relation weights, `ce` the true labels.
+    beta: float = Field(1.0, ge=0, le=100)
+    gamma: float = Field(1.0, ge=0, le=100)
+    ce: float = Field(1.0, ge=0, le=100)
+
+
+class MethodParams(_Strict):
+    # How the student learns from the teacher's cached logits. Each method keeps its own
+    # section; train_student depends on `method.name` and the chosen section only
+    # (dvc.yaml: method.${method.name}), so tuning one method never retrains another.
+    name: Literal["kd", "dkd", "dist"] = "kd"
+    kd: KDParams = KDParams()
+    dkd: DKDParams = DKDParams()
+    dist: DISTParams = DISTParams()
+
+    def options(self) -> dict:
+        """The chosen method's params, as its loss takes them."""
+        return getattr(self, self.name).model_dump()
+
+    def ignored(self) -> list[str]:
+        """The sections of methods not chosen that differ from their defaults: validated,
+        then ignored (a sweep may leave them set), but never silently."""
+        return [f"method.{n} ({', '.join(f'{k}={v}' for k, v in section.model_dump().items())}) is ignored: "
+                f"method.name is {self.name}"
+                for n in ("kd", "dkd", "dist")
+                if n != self.name and (section := getattr(self, n)) != type(section)()]
+
+
 class Params(_Strict):
     # Far beyond the useful range (Hinton et al. use 1-20), yet small enough that
     # the loss stays finite and meaningful in float32: logits / T and T² stay far
@@ -162,6 +208,7 @@ class Params(_Strict):
     student: TrainParams
     baseline: BaselineParams = BaselineParams()
     soft_labels: SoftLabelParams = SoftLabelParams()
+    method: MethodParams = MethodParams()
     distributed: DistributedParams = DistributedParams()
 
     @model_validator(mode="after")
