@@ -116,7 +116,7 @@ def render(profile: str | Path, root: Path | None = None) -> str:
     text = default_file.read_text(encoding="utf-8")
     how = (f"# Written by `make profile P={path.stem}`: {default_file.parent.name}/{default_file.name}"
            + (f" with {path.parent.name}/{path.name} applied" if changes else "")
-           + f".\n# Edit {'those files' if changes else 'that file'}, not this one; `make profile P={DEFAULT}` goes back to the defaults.\n")
+           + f".\n# Experiments change it (dvc exp run -S key=value); `make profile P={DEFAULT}` restores the defaults.\n")
     if not changes:
         return how + text
     yaml = _yaml()
