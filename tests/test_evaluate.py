@@ -1,13 +1,14 @@
 """The evaluate stage's numbers: calibration, fidelity to the teacher, omitted-class bias."""
+import builtins
 import inspect
+import io
 import json
 import math
+import os
 
 import pytest
 import torch
 
-import kd.files
-import kd.splits
 from kd.evaluate import apply_class_bias, expected_calibration_error, fidelity, fit_class_bias, report
 
 
@@ -143,16 +144,24 @@ def test_fit_class_bias_prefers_the_bias_nearest_zero_on_ties():
 
 
 def test_fit_class_bias_only_sees_the_logits_it_is_given(monkeypatch):
+    """It opens no file (no split, no checkpoint: it is fit on whatever val logits it is
+    handed), answers from the logits it gets, and leaves them alone."""
     assert list(inspect.signature(fit_class_bias).parameters) == ["logits", "y", "classes"]
 
     def no_files(*args, **kwargs):
-        raise AssertionError("fit_class_bias read a file")
+        raise AssertionError(f"fit_class_bias opened a file: {args[:1]}")
 
-    monkeypatch.setattr(kd.splits, "load_split", no_files)
-    monkeypatch.setattr(kd.files, "load_torch", no_files)
     logits, y = shifted_logits()
+    lower = logits.clone()
+    lower[:, 3] -= 2.0  # the omitted class 2 further down: every threshold moves up by 2
     before = logits.clone()
-    assert fit_class_bias(logits, y, [3]) == fit_class_bias(logits, y, (3,))
+    with monkeypatch.context() as m:  # any file access, by path or descriptor, torch.load included
+        for module, name in ((builtins, "open"), (io, "open"), (os, "open"), (torch, "load")):
+            m.setattr(module, name, no_files)
+        b = fit_class_bias(logits, y, [3])
+        b_lower = fit_class_bias(lower, y, (3,))
+    assert 1 < b < 11  # the known shift (see test_fit_class_bias_recovers_a_known_shift)
+    assert b_lower == pytest.approx(b + 2.0, abs=1e-9)  # it follows the logits it is given
     assert torch.equal(logits, before)  # and leaves them alone
 
 
