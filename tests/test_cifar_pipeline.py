@@ -5,15 +5,13 @@ import sys
 import pytest
 import yaml
 
-from conftest import MIRROR, REPO, make_project, sh, stages_run
+from conftest import REPO, need_mirror, make_project, sh, stages_run
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    if not (MIRROR / "cifar10-jpeg").is_dir():
-        pytest.skip("needs the CIFAR-10 mirror")
     params = yaml.safe_load((REPO / "profiles" / "cifar10-cpu.yaml").read_text())
-    params["data"].update(mirror=str(MIRROR), max_train=300, val_size=100)
+    params["data"].update(mirror=str(need_mirror("cifar10-jpeg")), max_train=300, val_size=100)
     params["teacher"].update(arch="resnet8", epochs=2, batch_size=50)
     params["student"].update(arch="vgg8", epochs=2, batch_size=50)  # heterogeneous KD
     params["soft_labels"].update(mode="cached", views=2)  # the profile is live; the next test switches
