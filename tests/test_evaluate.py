@@ -9,7 +9,8 @@ import os
 import pytest
 import torch
 
-from kd.evaluate import apply_class_bias, expected_calibration_error, fidelity, fit_class_bias, report
+from kd.evaluate import (apply_class_bias, confusion_rows, expected_calibration_error, fidelity, fit_class_bias,
+                         per_class_errors, report)
 
 
 def two_class_logits(p_first):
@@ -179,7 +180,7 @@ def test_report_holds_calibration_fidelity_and_the_val_fitted_correction():
     teacher = shifted_logits(n=500, shift=0.0, seed=1)[0]
 
     entry = report(test_logits, test_y, 10, [3], teacher_logits=teacher, val=(val_logits, val_y))
-    assert set(entry) == {"accuracy", "errors", "per_class_accuracy", "omitted_accuracy", "ece",
+    assert set(entry) == {"accuracy", "errors", "omitted_accuracy", "ece",
                           "agreement", "kl_from_teacher", "corrected"}
     assert entry["omitted_accuracy"] == 0.0 and entry["agreement"] == 0.9
     fixed = entry["corrected"]
@@ -206,3 +207,34 @@ def test_reliability_rows_are_accuracy_and_mean_confidence_per_bin():
     rows = reliability_rows(logits, y)
     assert [r["accuracy"] for r in rows] == [0.5, 1.0]
     assert [r["confidence"] for r in rows] == pytest.approx([0.6, 0.9], abs=1e-6)
+
+
+# --- plot data: what differs between two runs must show ----------------------------
+
+def test_per_class_errors_count_each_class_and_sum_to_the_errors():
+    classes = ["zero", "one", "two", "three"]
+    y = torch.tensor([0, 0, 1, 1, 1, 3, 3])
+    pred = torch.tensor([0, 1, 1, 1, 3, 0, 2])
+    logits = torch.nn.functional.one_hot(pred, 4).float()
+    rows = per_class_errors(logits, y, classes)
+    # Class two has no test image: no row (as no accuracy could be given for it).
+    assert rows == [{"class": "zero", "errors": 1, "images": 2}, {"class": "one", "errors": 1, "images": 3},
+                    {"class": "three", "errors": 2, "images": 2}]
+    assert sum(r["errors"] for r in rows) == report(logits, y, 4)["errors"] == 4
+
+
+def test_confusion_rows_are_the_errors_only_in_a_fixed_order():
+    classes = list("abcd")
+    y = torch.tensor([3, 0, 1, 3, 2, 0, 3])
+    pred = torch.tensor([0, 0, 1, 0, 2, 2, 1])
+    logits = torch.nn.functional.one_hot(pred, 4).float()
+    rows = confusion_rows(logits, y, classes)
+    # One row per misclassified image, none for a right one, sorted by (actual, predicted).
+    assert rows == [{"actual": "a", "predicted": "c"}, {"actual": "d", "predicted": "a"},
+                    {"actual": "d", "predicted": "a"}, {"actual": "d", "predicted": "b"}]
+    assert len(rows) == report(logits, y, 4)["errors"]
+    assert all(r["actual"] != r["predicted"] for r in rows)
+    # Shuffling the test set changes nothing: the file is the same for the same predictions.
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    assert confusion_rows(logits[perm], y[perm], classes) == rows
+    assert confusion_rows(torch.nn.functional.one_hot(y, 4).float(), y, classes) == []  # no errors, no rows

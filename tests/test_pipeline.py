@@ -1,4 +1,6 @@
 """End to end: the real dvc.yaml on shrunken params, in a throwaway git repo."""
+import csv
+import io
 import json
 import os
 import shutil
@@ -29,7 +31,15 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
         assert metrics[role]["errors"] == round((1 - metrics[role]["accuracy"]) * 10000)
         curve = (proj / f"metrics/curves/{role}.csv").read_text().splitlines()
         assert curve[0].startswith("epoch,") and len(curve) == 3  # header + 2 epochs
-        assert len((proj / f"metrics/confusion/{role}.csv").read_text().splitlines()) == 10001
+        # Plots of the errors: per class, and the confusion matrix's off-diagonal (one row per error).
+        per_class = list(csv.DictReader(io.StringIO((proj / f"metrics/per_class/{role}.csv").read_text())))
+        assert [r["class"] for r in per_class] == list("0123456789")
+        assert sum(int(r["images"]) for r in per_class) == 10000
+        assert sum(int(r["errors"]) for r in per_class) == metrics[role]["errors"]
+        confusion = list(csv.DictReader(io.StringIO((proj / f"metrics/confusion/{role}.csv").read_text())))
+        assert len(confusion) == metrics[role]["errors"] and all(r["actual"] != r["predicted"] for r in confusion)
+        for c in per_class:  # the rows of the matrix add up to the class's errors
+            assert sum(r["actual"] == c["class"] for r in confusion) == int(c["errors"])
         reliability = (proj / f"metrics/calibration/{role}.csv").read_text().splitlines()
         assert reliability[0] == "confidence,accuracy" and 2 <= len(reliability) <= 16  # <= 15 bins
         assert 0 <= metrics[role]["ece"] <= 1
