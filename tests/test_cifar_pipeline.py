@@ -46,10 +46,12 @@ def test_cached_views_pipeline_runs_end_to_end(project, monkeypatch):
         assert metrics[role]["errors"] == round((1 - metrics[role]["accuracy"]) * 10000)
     # 300 images, 2 epochs: the models trained on true labels are weak (on one CPU: teacher
     # 0.1334, baseline 0.181 on the 10,000 test images; the distilled student, from so poor a
-    # teacher, stays at chance), but far above what a pipeline that pairs images with the
-    # wrong labels gets: chance, 0.10 with a binomial sd of 0.003. 0.115 is 5 sd above it.
-    for role in ("teacher", "baseline"):
-        assert metrics[role]["accuracy"] >= 0.115, (role, metrics[role]["accuracy"])
+    # teacher, stays at chance), but well above what a pipeline that pairs images with the
+    # wrong labels gets: chance, 0.10 (binomial sd 0.003; with the training labels one class
+    # off, teacher 0.1072 and baseline 0.1082).
+    floor = {"teacher": 0.115, "baseline": 0.14}
+    for role in floor:
+        assert metrics[role]["accuracy"] >= floor[role], (role, metrics[role]["accuracy"])
     # And they are these models' numbers on this test split (evaluate may have run on a GPU).
     assert recomputed_accuracy(proj, monkeypatch) == pytest.approx({r: metrics[r]["accuracy"] for r in ROLES}, abs=5e-4)
     assert json.loads((proj / "metrics/student.json").read_text())["train_samples"] == 300
