@@ -2,7 +2,7 @@
 and what each model costs to run."""
 from kd.checkpoint import load_model
 from kd.device import describe, hardware_info
-from kd.evaluate import confusion_rows, reliability_rows, report
+from kd.evaluate import confusion_rows, per_class_errors, reliability_rows, report
 from kd.files import write_csv, write_json
 from kd.model_cost import model_cost, model_latency
 from kd.models import count_params
@@ -36,9 +36,7 @@ with stage("evaluate") as run:
         else:
             val = (predict(model, val_x, device=run.device), val_y) if p.omit_classes else None
             summary = report(logits, y, info.num_classes, p.omit_classes, teacher_logits=teacher_logits, val=val)
-        write_csv(plot_file("per_class", role),
-                  [{"class": info.classes[int(c)], "accuracy": round(a, 4)}
-                   for c, a in summary.pop("per_class_accuracy").items()])
+        write_csv(plot_file("per_class", role), per_class_errors(logits, y, info.classes))
         results[role] = {**summary, "params": count_params(model)}
         write_csv(plot_file("confusion", role), confusion_rows(logits, y, info.classes))
         reliability = reliability_rows(logits, y)

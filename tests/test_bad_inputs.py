@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import MIRROR, make_image_folder, set_param
+from conftest import make_image_folder, need_mirror, set_param
 from system import free_port
 from kd.datasets import MNIST_FILES
 from kd.files import file_md5
@@ -89,7 +89,7 @@ def replace_with(relpath, other):
 def damaged_mirror(damage, name="train-labels-idx1-ubyte.gz"):
     def edit(proj):
         mirror = proj.parent / "mirror"
-        shutil.copytree(MIRROR / "mnist", mirror / "mnist")
+        shutil.copytree(need_mirror("mnist") / "mnist", mirror / "mnist")
         victim = mirror / "mnist" / name
         if damage == "delete":
             victim.unlink()

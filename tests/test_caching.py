@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import MIRROR, REPO, make_project, sh, stages_run
+from conftest import REPO, need_mirror, make_project, sh, stages_run
 
 TRAINING = {"train_teacher", "train_baseline", "generate_soft_labels", "train_student"}
 
@@ -23,10 +23,8 @@ def dvc(*args, proj, check=True):
 
 @pytest.fixture(scope="module")
 def bytecode_project(tmp_path_factory):
-    if not (MIRROR / "mnist").is_dir():
-        pytest.skip("needs the MNIST mirror")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"].update(mirror=str(MIRROR), max_train=300, val_size=100)
+    params["data"].update(mirror=str(need_mirror("mnist")), max_train=300, val_size=100)
     for role in ("teacher", "student"):
         params[role].update(epochs=1, batch_size=64)
     proj = tmp_path_factory.mktemp("bytecode")

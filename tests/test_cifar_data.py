@@ -9,7 +9,7 @@ import yaml
 from torchvision.io import encode_jpeg
 
 import kd.datasets as datasets
-from conftest import MIRROR, REPO
+from conftest import REPO, need_mirror
 from kd.datasets import CIFAR10_CLASSES, DataError, fetch_cifar10, split_train_val
 from kd.files import file_md5
 from kd.profiles import load_profile
@@ -67,9 +67,7 @@ def test_missing_or_undecodable_image_is_named(fake_mirror, tmp_path, damage):
 
 
 def test_real_mirror_test_split_has_the_official_counts(tmp_path):
-    if not (MIRROR / "cifar10-jpeg").is_dir():
-        pytest.skip(f"no CIFAR-10 mirror at {MIRROR}")
-    x, y = fetch_cifar10(MIRROR, tmp_path / "raw")["test"]
+    x, y = fetch_cifar10(need_mirror("cifar10-jpeg"), tmp_path / "raw")["test"]
     assert len(x) == 10000 and torch.bincount(y).tolist() == [1000] * 10
     first = x[:20]  # two of each class
     assert first.shape == (20, 3, 32, 32) and first.dtype == torch.uint8

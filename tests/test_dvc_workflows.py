@@ -70,6 +70,19 @@ def test_plots_diff_across_commits_in_a_fresh_clone(history, tmp_path):
     # The overlays: train and val loss of all three models, 2 epochs, 2 revisions.
     (loss,) = plots["loss per epoch, train and validation"]
     assert len(loss["content"]["data"]["values"]) == 3 * 2 * 2 * 2
+    # What changed between the two students shows: errors per class on a count axis, and the
+    # confusion matrix's off-diagonal alone (its colour scale spans the errors, not the diagonal).
+    (per_class,) = plots["metrics/per_class/student.csv"]
+    assert per_class["content"]["encoding"]["x"]["field"] == "errors"
+    errors = {rev: sum(int(v["errors"]) for v in per_class["content"]["data"]["values"] if v["rev"] == rev)
+              for rev in ("workspace", "HEAD~1")}
+    (confusion,) = plots["metrics/confusion/student.csv"]
+    cells = confusion["content"]["data"]["values"]
+    assert all(v["actual"] != v["predicted"] for v in cells)
+    assert errors == {rev: sum(v["rev"] == rev for v in cells) for rev in errors}
+    for rev in errors:
+        assert errors[rev] == json.loads(sh(["git", "show", f"{'HEAD' if rev == 'workspace' else rev}:"
+                                             "metrics/evaluate.json"], clone).stdout)["student"]["errors"]
     # A reliability diagram is (confidence, accuracy) per non-empty bin.
     (rel,) = plots["metrics/calibration/student.csv"]
     assert all(0 <= float(v["confidence"]) <= 1 and 0 <= float(v["accuracy"]) <= 1

@@ -1,14 +1,16 @@
 """The evaluate stage's numbers: calibration, fidelity to the teacher, omitted-class bias."""
+import builtins
 import inspect
+import io
 import json
 import math
+import os
 
 import pytest
 import torch
 
-import kd.files
-import kd.splits
-from kd.evaluate import apply_class_bias, expected_calibration_error, fidelity, fit_class_bias, report
+from kd.evaluate import (apply_class_bias, confusion_rows, expected_calibration_error, fidelity, fit_class_bias,
+                         per_class_errors, report)
 
 
 def two_class_logits(p_first):
@@ -143,16 +145,24 @@ def test_fit_class_bias_prefers_the_bias_nearest_zero_on_ties():
 
 
 def test_fit_class_bias_only_sees_the_logits_it_is_given(monkeypatch):
+    """It opens no file (no split, no checkpoint: it is fit on whatever val logits it is
+    handed), answers from the logits it gets, and leaves them alone."""
     assert list(inspect.signature(fit_class_bias).parameters) == ["logits", "y", "classes"]
 
     def no_files(*args, **kwargs):
-        raise AssertionError("fit_class_bias read a file")
+        raise AssertionError(f"fit_class_bias opened a file: {args[:1]}")
 
-    monkeypatch.setattr(kd.splits, "load_split", no_files)
-    monkeypatch.setattr(kd.files, "load_torch", no_files)
     logits, y = shifted_logits()
+    lower = logits.clone()
+    lower[:, 3] -= 2.0  # the omitted class 2 further down: every threshold moves up by 2
     before = logits.clone()
-    assert fit_class_bias(logits, y, [3]) == fit_class_bias(logits, y, (3,))
+    with monkeypatch.context() as m:  # any file access, by path or descriptor, torch.load included
+        for module, name in ((builtins, "open"), (io, "open"), (os, "open"), (torch, "load")):
+            m.setattr(module, name, no_files)
+        b = fit_class_bias(logits, y, [3])
+        b_lower = fit_class_bias(lower, y, (3,))
+    assert 1 < b < 11  # the known shift (see test_fit_class_bias_recovers_a_known_shift)
+    assert b_lower == pytest.approx(b + 2.0, abs=1e-9)  # it follows the logits it is given
     assert torch.equal(logits, before)  # and leaves them alone
 
 
@@ -170,7 +180,7 @@ def test_report_holds_calibration_fidelity_and_the_val_fitted_correction():
     teacher = shifted_logits(n=500, shift=0.0, seed=1)[0]
 
     entry = report(test_logits, test_y, 10, [3], teacher_logits=teacher, val=(val_logits, val_y))
-    assert set(entry) == {"accuracy", "errors", "per_class_accuracy", "omitted_accuracy", "ece",
+    assert set(entry) == {"accuracy", "errors", "omitted_accuracy", "ece",
                           "agreement", "kl_from_teacher", "corrected"}
     assert entry["omitted_accuracy"] == 0.0 and entry["agreement"] == 0.9
     fixed = entry["corrected"]
@@ -197,3 +207,34 @@ def test_reliability_rows_are_accuracy_and_mean_confidence_per_bin():
     rows = reliability_rows(logits, y)
     assert [r["accuracy"] for r in rows] == [0.5, 1.0]
     assert [r["confidence"] for r in rows] == pytest.approx([0.6, 0.9], abs=1e-6)
+
+
+# --- plot data: what differs between two runs must show ----------------------------
+
+def test_per_class_errors_count_each_class_and_sum_to_the_errors():
+    classes = ["zero", "one", "two", "three"]
+    y = torch.tensor([0, 0, 1, 1, 1, 3, 3])
+    pred = torch.tensor([0, 1, 1, 1, 3, 0, 2])
+    logits = torch.nn.functional.one_hot(pred, 4).float()
+    rows = per_class_errors(logits, y, classes)
+    # Class two has no test image: no row (as no accuracy could be given for it).
+    assert rows == [{"class": "zero", "errors": 1, "images": 2}, {"class": "one", "errors": 1, "images": 3},
+                    {"class": "three", "errors": 2, "images": 2}]
+    assert sum(r["errors"] for r in rows) == report(logits, y, 4)["errors"] == 4
+
+
+def test_confusion_rows_are_the_errors_only_in_a_fixed_order():
+    classes = list("abcd")
+    y = torch.tensor([3, 0, 1, 3, 2, 0, 3])
+    pred = torch.tensor([0, 0, 1, 0, 2, 2, 1])
+    logits = torch.nn.functional.one_hot(pred, 4).float()
+    rows = confusion_rows(logits, y, classes)
+    # One row per misclassified image, none for a right one, sorted by (actual, predicted).
+    assert rows == [{"actual": "a", "predicted": "c"}, {"actual": "d", "predicted": "a"},
+                    {"actual": "d", "predicted": "a"}, {"actual": "d", "predicted": "b"}]
+    assert len(rows) == report(logits, y, 4)["errors"]
+    assert all(r["actual"] != r["predicted"] for r in rows)
+    # Shuffling the test set changes nothing: the file is the same for the same predictions.
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    assert confusion_rows(logits[perm], y[perm], classes) == rows
+    assert confusion_rows(torch.nn.functional.one_hot(y, 4).float(), y, classes) == []  # no errors, no rows

@@ -1,4 +1,6 @@
 """End to end: the real dvc.yaml on shrunken params, in a throwaway git repo."""
+import csv
+import io
 import json
 import os
 import shutil
@@ -29,7 +31,15 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
         assert metrics[role]["errors"] == round((1 - metrics[role]["accuracy"]) * 10000)
         curve = (proj / f"metrics/curves/{role}.csv").read_text().splitlines()
         assert curve[0].startswith("epoch,") and len(curve) == 3  # header + 2 epochs
-        assert len((proj / f"metrics/confusion/{role}.csv").read_text().splitlines()) == 10001
+        # Plots of the errors: per class, and the confusion matrix's off-diagonal (one row per error).
+        per_class = list(csv.DictReader(io.StringIO((proj / f"metrics/per_class/{role}.csv").read_text())))
+        assert [r["class"] for r in per_class] == list("0123456789")
+        assert sum(int(r["images"]) for r in per_class) == 10000
+        assert sum(int(r["errors"]) for r in per_class) == metrics[role]["errors"]
+        confusion = list(csv.DictReader(io.StringIO((proj / f"metrics/confusion/{role}.csv").read_text())))
+        assert len(confusion) == metrics[role]["errors"] and all(r["actual"] != r["predicted"] for r in confusion)
+        for c in per_class:  # the rows of the matrix add up to the class's errors
+            assert sum(r["actual"] == c["class"] for r in confusion) == int(c["errors"])
         reliability = (proj / f"metrics/calibration/{role}.csv").read_text().splitlines()
         assert reliability[0] == "confidence,accuracy" and 2 <= len(reliability) <= 16  # <= 15 bins
         assert 0 <= metrics[role]["ece"] <= 1
@@ -203,16 +213,27 @@ def test_mlflow_ui_lists_the_stage_runs(project, tmp_path):
         shutil.copyfile(shot, REPO / "docs" / "mlflow-ui.png")
 
 
-def test_temperature_change_reruns_only_the_distilled_student(project):
+@pytest.fixture(scope="module")
+def temperature_exp(project):
+    """`dvc exp run -S temperature=5` on the built project, once for the tests that look at it,
+    whichever of them runs (alone or first): (its output, the models' and soft labels' md5s
+    before it, the MLflow parent runs before it)."""
     proj, _ = project
     before = {r: file_md5(proj / f"models/{r}.pt") for r in ("teacher", "baseline", "student")}
-    soft = file_md5(proj / "data/soft_labels.pt")
+    before["soft_labels"] = file_md5(proj / "data/soft_labels.pt")
+    parents_before = {p.info.run_id for p in mlflow_store(proj)[2]}
     out = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", "temperature=5"], proj)
+    return out, before, parents_before
+
+
+def test_temperature_change_reruns_only_the_distilled_student(project, temperature_exp):
+    proj, _ = project
+    out, before, _ = temperature_exp
     # check_params reruns (it reads every param) but its marker is unchanged.
     assert stages_run(out) == {"check_params", "train_student", "evaluate", "export_onnx"}
     assert file_md5(proj / "models/teacher.pt") == before["teacher"]
     assert file_md5(proj / "models/baseline.pt") == before["baseline"]
-    assert file_md5(proj / "data/soft_labels.pt") == soft
+    assert file_md5(proj / "data/soft_labels.pt") == before["soft_labels"]
     assert file_md5(proj / "models/student.pt") != before["student"]
     shown = sh([sys.executable, "-m", "dvc", "exp", "show", "--csv"], proj).stdout.splitlines()
     header = shown[0].split(",")
@@ -220,11 +241,13 @@ def test_temperature_change_reruns_only_the_distilled_student(project):
     assert "5" in temps and "student.accuracy" in header
 
 
-def test_exp_run_gets_its_own_parent_run(project):
+def test_exp_run_gets_its_own_parent_run(project, temperature_exp):
     proj, _ = project
+    _, _, parents_before = temperature_exp
     _, _, parents, children = mlflow_store(proj)
-    assert len(parents) == 2
-    exp = parents[-1]
+    new = [p for p in parents if p.info.run_id not in parents_before]
+    assert len(new) == 1, [p.info.run_name for p in new]  # one parent for the one `dvc exp run`
+    exp = new[0]
     commit = sh(["git", "rev-parse", "HEAD"], proj).stdout.strip()
     exp_name = exp.data.tags["dvc_exp_name"]
     assert exp.info.run_name == exp_name and exp_name in sh([sys.executable, "-m", "dvc", "exp", "list"], proj).stdout

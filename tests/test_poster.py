@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import MIRROR, PROJECT_FILES, REPO, sh
+from conftest import PROJECT_FILES, REPO, need_mirror, sh
 from kd.paths import metrics_file
 from kd_study import dvc_exps, poster
 from kd_study.experiments import Experiment, PosterError, profile_overrides
@@ -510,15 +510,15 @@ def test_real_dvc_shares_the_teacher_reuses_and_reports_a_failure(tmp_path):
     assert "98.50" in results(proj / "reports" / "poster.md")  # the toy student's accuracy
 
 
-@pytest.mark.skipif(not (MIRROR / "mnist").is_dir(), reason="needs the MNIST mirror")
 def test_poster_shares_the_teacher_and_a_rerun_trains_nothing(tmp_path):
+    mirror = need_mirror("mnist")
     proj = tmp_path / "proj"
     for name in [*PROJECT_FILES, "profiles"]:
         src, dst = REPO / name, proj / name
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copyfile)(src, dst)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"].update(mirror=str(MIRROR), max_train=300, val_size=200)
+    params["data"].update(mirror=str(mirror), max_train=300, val_size=200)
     for role in ("teacher", "student"):
         params[role].update(epochs=1, batch_size=64)
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -134,8 +134,8 @@ def test_runs_logged_via_env_var_land_in_postgresql(mlflow_server):
 
 def test_a_pipeline_stage_logs_to_the_server(mlflow_server, tmp_path):
     """The pipeline itself, pointed at the team server only by MLFLOW_TRACKING_URI."""
-    pytest.importorskip("kd_pipeline.tracking", reason="the pipeline's MLflow tracking (kd_pipeline.tracking) is not here yet")
     import yaml
+    import kd_pipeline.tracking  # noqa: F401  what the stage logs through: broken, this fails, never skips
     from mlflow.tracking import MlflowClient
 
     from conftest import REPO

@@ -35,7 +35,7 @@ def timing_file(stage: str) -> Path:
 
 def plot_file(kind: str, role: str) -> Path:
     """metrics/<kind>/<role>.csv, a plot CSV: curves (per-epoch loss and accuracy of a
-    trained model), per_class (test accuracy), confusion, calibration (reliability)."""
+    trained model), per_class (test errors), confusion (its off-diagonal: errors), calibration (reliability)."""
     if kind not in PLOT_KINDS:
         raise ValueError(f"plot kind {kind!r}: one of {PLOT_KINDS}")
     return METRICS / kind / f"{role}.csv"

@@ -16,7 +16,8 @@ def confusion_matrix(logits: torch.Tensor, y: torch.Tensor, classes, title: str)
     counts.index_put_((y, logits.argmax(1)), torch.ones(len(y), dtype=torch.long), accumulate=True)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     # Log colour scale: the diagonal holds ~99% of the images and would hide every error.
-    ax.imshow(counts.clamp(min=1).log().numpy(), cmap="Blues")
+    # log1p, not log: a single error must not get the colour of none.
+    ax.imshow(counts.double().log1p().numpy(), cmap="Blues")
     for i in range(n):
         for j in range(n):
             if counts[i, j]:
