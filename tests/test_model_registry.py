@@ -125,21 +125,27 @@ def test_mlflow_ui_shows_the_candidate_with_its_metrics(store, tmp_path):
         shutil.copyfile(shot, REPO / "docs" / "mlflow-model.png")
 
 
-def test_model_metrics_and_registry_follow_the_checkpoint_md5(tmp_path, monkeypatch):
-    """Without DVC: the logged model of a checkpoint is found by its md5, a checkpoint no run
-    logged is logged by the evaluating run, and registering it again adds no version."""
+def offline_tracked_params(tmp_path, monkeypatch):
+    """The repo's params (no mirror needed), run from tmp_path into its own MLflow store."""
     import yaml
 
-    from kd.checkpoint import new_model, save_model
-    from kd.files import save_torch
     from kd.params import Params
-    from kd_pipeline.tracking import Tracker
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["data"]["mirror"] = None
-    params = Params.model_validate(raw)
+    return Params.model_validate(raw)
+
+
+def test_model_metrics_and_registry_follow_the_checkpoint_md5(tmp_path, monkeypatch):
+    """Without DVC: the logged model of a checkpoint is found by its md5, a checkpoint no run
+    logged is logged by the evaluating run, and registering it again adds no version."""
+    from kd.checkpoint import new_model, save_model
+    from kd.files import save_torch
+    from kd_pipeline.tracking import Tracker
+
+    params = offline_tracked_params(tmp_path, monkeypatch)
     example = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
     models = {}
     for seed in (0, 1):
@@ -180,20 +186,14 @@ def test_onnx_models_carry_classes_and_champion_needs_both_checks(tmp_path, monk
     registered student becomes `champion` only when it beats the baseline and its ONNX copy
     agrees with PyTorch; otherwise one line says why and the alias stays."""
     import mlflow.onnx
-    import yaml
 
     from kd.checkpoint import load_model, new_model, save_model
     from kd.datasets import builtin_spec
     from kd.export import MAX_LOGIT_DIFF, export_onnx, quantize_int8
     from kd.files import save_torch
-    from kd.params import Params
     from kd_pipeline.tracking import Tracker
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["data"]["mirror"] = None
-    params = Params.model_validate(raw)
+    params = offline_tracked_params(tmp_path, monkeypatch)
     example = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
     save_torch({"x": example}, tmp_path / "test.pt")
     paths = {}
