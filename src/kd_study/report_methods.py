@@ -119,7 +119,8 @@ def ranking(r: dict) -> str:
     if not rest:
         text = f"**holds**: {_names(above)} each beat kd"
     elif above:
-        text = f"**holds in part**: {_names(above)} beat{'s' if len(above) == 1 else ''} kd, {_names(rest)} not"
+        text = (f"**holds in part**: {_names(above)} beat{'s' if len(above) == 1 else ''} kd; {_names(rest)} "
+                f"do{'es' if len(rest) == 1 else ''} not")
     else:
         text = f"**does not hold**: none of {_names(list(PAPERS))} beats kd"
     if below:
