@@ -134,9 +134,8 @@ def main(argv=None) -> int:
                                                      if args.report_only else
                                                      f"Total wall time **{_hm(time.perf_counter() - started)}**:"),
               "", *lines, *args.note, "",
-              f"Experiments ran on commit {_baselines(found)}. Seeds {seeds}"
-              + (f" (the methods study: {method_seeds})" if "methods" in args.parts else "")
-              + ": every mean ± std is over the "
+              f"Experiments ran on commit {_baselines(found)}. Seeds {_seeds(args.parts, seeds, method_seeds)}: "
+              "every mean ± std is over the "
               "student seeds (sample std); one teacher per setting (`teacher.seed: 0`). \"Exceeds seed noise\": "
               "a paired t-test over seeds of distilled vs true-label student, p < 0.05."]
     runs = [(e, found[e.name].metrics if e.name in found else None) for e in everything]
@@ -169,6 +168,14 @@ def log_machine_time(path: Path, part: str, experiments_run: int, seconds: float
                       dvc_exps.git(path.parent, "rev-parse", "--short", "HEAD").stdout.strip(), part,
                       experiments_run, round(seconds), cpu_capability(), resolve_precision("auto", device),
                       torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"])
+
+
+def _seeds(parts, seeds: list[int], method_seeds: list[int]) -> str:
+    if "methods" not in parts:
+        return f"{seeds}"
+    if set(parts) == {"methods"}:
+        return f"{method_seeds}"
+    return f"{seeds} (the methods study: {method_seeds})"
 
 
 def _baselines(found: dict[str, dvc_exps.Shown]) -> str:

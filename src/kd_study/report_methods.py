@@ -165,10 +165,11 @@ def missing(runs: list[Run], pair: str, r: dict, seeds) -> str:
     """What one pair-budget still lacks, in words."""
     runs = _methods(runs)
     tuning = [(e, m) for e, m in runs if e.kind.startswith(f"tune-{pair}-")]
-    parts = [f"phase 1 {len(finished(tuning))} of {len(METHODS) * 4} tuning runs finished"]
+    parts = [f"phase 1: {len(finished(tuning))} of {len(METHODS) * 4} tuning runs finished"]
     waiting = [m.label for m in METHODS if m.tag not in r["chosen"]]
     if waiting:
-        parts.append(f"no setting chosen yet for {', '.join(waiting)} (its 4 tuning runs are not all finished)")
+        parts.append(f"no setting chosen yet for {', '.join(waiting)}: a method chooses once its 4 tuning runs "
+                     "have finished")
     have = [f"{m.label} {len(set(r['student'][m.tag]) & set(r['baseline'][m.tag]))} of {len(seeds)}"
             for m in METHODS if m.tag in r["chosen"]]
     if have:
@@ -223,7 +224,8 @@ def methods_section(runs: list[Run], seeds=METHOD_SEEDS, machine_log: Path | Non
         if r["complete"]:
             lines += [f"Test accuracy over seeds {', '.join(map(str, seeds))}:", ""] + results_table(r)
         else:
-            lines += [f"Results: not yet ({missing(runs, pair, r, seeds)}).", ""]
+            lack = missing(runs, pair, r, seeds)
+            lines += [f"Results: not yet. {lack[0].upper()}{lack[1:]}.", ""]
     lines += ["### The papers' CIFAR-100 ranking on these pairs", "",
               "DKD, DIST and KD + ls each 2-4 points above KD for ResNet32x4 -> ResNet8x4 (Zhao et al. 2022, Huang "
               "et al. 2022, Sun et al. 2024). By the rule above, on each pair-budget the ranking:", ""]
