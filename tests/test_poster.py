@@ -45,8 +45,9 @@ def test_the_poster_list():
     by_part = plan(REPO)
     exps = [e for part in by_part.values() for e in part]
     names = [e.name for e in exps]
-    # cifar phase 1: 2 teachers x 4 lengths (the 80-epoch study teacher, 160 its plateau check), 2 x 6 grid points, 3 smoothing
-    assert len(names) == len(set(names)) == 21 + 3 + 2 * len(TEACHER_EPOCHS) + 2 * 6 + 3
+    # cifar phase 1: 2 teachers x 4 lengths (the 80-epoch study teacher, 160 its plateau check), 2 x 6 grid points, 3 smoothing;
+    # methods phase 1: 3 pair-budgets x 5 methods x 4 settings
+    assert len(names) == len(set(names)) == 21 + 3 + 2 * len(TEACHER_EPOCHS) + 2 * 6 + 3 + 3 * 5 * 4
     mnist = by_part["mnist"]
     assert {e.overrides["temperature"] for e in mnist if e.kind == "sweep"} == {1, 2, 4, 8, 20, 50}
     assert all(e.overrides.get("omit_classes") == [3] for e in mnist if e.kind == "omit")

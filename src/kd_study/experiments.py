@@ -23,7 +23,7 @@ TEMPERATURES = (1, 2, 4, 8, 20, 50)
 OMITTED_DIGIT = 3
 HINTON_PROFILE = "profiles/mnist-hinton.yaml"
 CIFAR_PROFILE = "profiles/cifar10-cpu.yaml"
-PARTS = ("mnist", "hinton", "cifar")
+PARTS = ("mnist", "hinton", "cifar", "methods")
 
 # ---- the CIFAR-10 study (issue #16): where does distillation pay on a CPU? -------------------
 # The cheapest nets that keep each relation of the poster: vgg5 (99k params) is the smaller
@@ -43,6 +43,36 @@ GRID = {"temperature": (2, 4, 8), "alpha": (0.5, 0.9)}
 SMOOTHING = (0.05, 0.1, 0.2)            # epsilon of the label-smoothing control, chosen the same way
 TUNED = ("reversed", "self")            # hetero borrows self's T and alpha: the same vgg8 teacher
 LONGEST = max(BUDGETS)
+
+# ---- the methods study (issue #32, docs/methods-study.md): which distillation method, for which pair? --
+# Pair-budgets: the MNIST default pair at params.yaml's student epochs, and the CIFAR study's
+# VGG -> ResNet pair (its `hetero` family, the study's teacher) at 10 and 30 student epochs.
+METHOD_PAIRS = {"mnist": None, "hetero-e10": 10, "hetero-e30": 30}   # name -> CIFAR student epochs
+METHOD_SEEDS = (0, 1, 2, 3, 4)
+TUNE_SEED = 0                           # phase 1 runs here; phase 2 reuses it as its seed 0
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of the study and its 4 tuning settings, in the design's order (ties: the first)."""
+    tag: str                                           # in experiment names: no "-"
+    label: str                                         # in the report
+    settings: tuple[tuple[str, dict[str, Any]], ...]   # (name part, overrides)
+
+
+METHODS = (
+    Method("kd", "kd", tuple((f"T{t:g}", {"method.name": "kd", "temperature": t, "alpha": 0.9})
+                             for t in (2, 4, 8, 20))),
+    Method("kdls", "kd + ls", tuple((f"T{t:g}", {"method.name": "kd", "method.kd.logit_std": True,
+                                                 "temperature": t, "alpha": 0.9}) for t in (1, 2, 4, 8))),
+    Method("dkd", "dkd", tuple((f"b{b:g}", {"method.name": "dkd", "temperature": 4, "method.dkd.alpha": 1.0,
+                                            "method.dkd.beta": b, "method.dkd.warmup": 0.0833})
+                               for b in (1, 2, 4, 8))),
+    Method("dkdls", "dkd + ls", tuple((f"b{b:g}", {"method.name": "dkd", "method.dkd.logit_std": True,
+                                                   "temperature": 2, "method.dkd.beta": b}) for b in (1, 2, 4, 8))),
+    Method("dist", "dist", tuple((f"g{g:g}", {"method.name": "dist", "temperature": 4, "method.dist.beta": g,
+                                              "method.dist.gamma": g}) for g in (0.5, 1, 2, 4))),
+)
 
 
 class PosterError(RuntimeError):
@@ -161,6 +191,15 @@ def tuning_runs(root: Path, profile: str = CIFAR_PROFILE) -> list[Experiment]:
     return per_seed("cifar", cifar_tuning(root, profile), (0,))
 
 
+def best(points: list[tuple[Experiment, dict | None]], role: str) -> Experiment | None:
+    """The point whose `role` model has the highest validation accuracy (its metrics file), never
+    test; None while a point is unfinished. Ties go to the first point."""
+    path = metrics_file(role).as_posix()
+    if points and all(m is not None and path in m for _, m in points):
+        return max(points, key=lambda run: run[1][path]["val_acc"])[0]  # max keeps the first of equals
+    return None
+
+
 def choose(tuning: list[tuple[Experiment, dict | None]]) -> dict[str, dict]:
     """The grids' winners by validation accuracy, never test: kind -> the overrides it fixes.
     `tuning`: the phase-1 experiments and their metrics files (None while unfinished). A grid
@@ -168,21 +207,83 @@ def choose(tuning: list[tuple[Experiment, dict | None]]) -> dict[str, dict]:
     out = {}
     for kind, role, keys in [*((k, "student", ("temperature", "alpha")) for k in TUNED),
                              ("smooth", "baseline", ("baseline.label_smoothing",))]:
-        path = metrics_file(role).as_posix()
-        points = [(e, m) for e, m in tuning if e.kind == f"grid-{kind}"]
-        if points and all(m is not None and path in m for _, m in points):
-            winner, _ = max(points, key=lambda run: run[1][path]["val_acc"])
+        winner = best([(e, m) for e, m in tuning if e.kind == f"grid-{kind}"], role)
+        if winner is not None:
             out[kind] = {k: winner.overrides[k] for k in keys}
     return out
+
+
+# ---- the methods study's two phases ---------------------------------------------------------
+
+def tune_kind(pair: str, method: Method) -> str:
+    return f"tune-{pair}-{method.tag}"
+
+
+def seeds_kind(pair: str, method: Method) -> str:
+    return f"{pair}-{method.tag}"
+
+
+def method_base(root: Path, pair: str, profile: str = CIFAR_PROFILE) -> dict[str, Any]:
+    """The overrides of a pair-budget: none for MNIST (params.yaml), else the CIFAR profile's
+    VGG -> ResNet family with the study's teacher, so the run-cache restores teacher and soft labels."""
+    epochs = METHOD_PAIRS[pair]
+    return {} if epochs is None else family(profile_keys(root, profile), "hetero", epochs)
+
+
+def methods_tuning(root: Path, profile: str = CIFAR_PROFILE, pairs=tuple(METHOD_PAIRS)) -> list[Experiment]:
+    """Phase 1: every method's 4 settings at seed 0, pair-budget by pair-budget (MNIST, the cheap
+    one, first), e.g. methods-mnist-dkd-b4-s0."""
+    settings = [Setting(f"methods-{pair}-{m.tag}-{name}", tune_kind(pair, m), {**base, **overrides})
+                for pair in pairs for base in [method_base(root, pair, profile)]
+                for m in METHODS for name, overrides in m.settings]
+    return per_seed("methods", settings, (TUNE_SEED,))
+
+
+def choose_methods(tuning: list[tuple[Experiment, dict | None]]) -> dict[str, str]:
+    """Phase 1's winners by the distilled student's validation accuracy: tuning kind -> the chosen
+    setting's name (its experiments' name without "-s<seed>"). A method whose 4 runs are not all
+    finished chooses nothing yet."""
+    out = {}
+    for kind in dict.fromkeys(e.kind for e, _ in tuning):
+        winner = best([(e, m) for e, m in tuning if e.kind == kind], "student")
+        if winner is not None:
+            out[kind] = winner.name.rsplit("-s", 1)[0]
+    return out
+
+
+def methods_seeds(root: Path, chosen: dict[str, str], seeds=METHOD_SEEDS, profile: str = CIFAR_PROFILE,
+                  pairs=tuple(METHOD_PAIRS)) -> list[Experiment]:
+    """Phase 2: each chosen setting at every seed but the tuning seed, whose run phase 1 made
+    already (the same experiment: same name and params). Pair-budget by pair-budget, then seed by
+    seed, so what finishes first is a complete pair-budget. A method not chosen yet is left out."""
+    out = []
+    for pair in pairs:
+        base = method_base(root, pair, profile)
+        for seed in seeds:
+            if seed == TUNE_SEED:
+                continue
+            for m in METHODS:
+                name = chosen.get(tune_kind(pair, m))
+                overrides = next((o for n, o in m.settings if f"methods-{pair}-{m.tag}-{n}" == name), None)
+                if overrides is not None:
+                    out.append(Experiment(f"{name}-s{seed}", "methods", seeds_kind(pair, m), seed,
+                                          {**base, **overrides, "seed": seed}))
+    return out
+
+
+def of_pair(exps: list[Experiment], pair: str) -> list[Experiment]:
+    return [e for e in exps if e.part == "methods" and e.name.startswith(f"methods-{pair}-")]
 
 
 def plan(root: Path, parts=PARTS, seeds=SEEDS, temperatures=TEMPERATURES,
          profile: str = CIFAR_PROFILE) -> dict[str, list[Experiment]]:
     """The experiments that need no results of others, by part, in queue order: MNIST, the
-    Hinton profile, and the CIFAR study's tuning phase (its seeded runs: `study_runs`)."""
+    Hinton profile, the CIFAR study's tuning phase (its seeded runs: `study_runs`) and the
+    methods study's (its seeded runs: `methods_seeds`)."""
     families = {"mnist": lambda: per_seed("mnist", mnist(temperatures), seeds),
                 "hinton": lambda: per_seed("hinton", hinton(root), seeds),
-                "cifar": lambda: tuning_runs(root, profile)}
+                "cifar": lambda: tuning_runs(root, profile),
+                "methods": lambda: methods_tuning(root, profile)}
     return {part: families[part]() for part in parts}
 
 

@@ -1,8 +1,9 @@
 """Rerun the poster's experiments as DVC experiments and write reports/poster.md.
 
-    make poster                                  # everything: MNIST, Hinton's profile, the CIFAR-10 study
-    make poster ARGS="--parts mnist"             # one part (mnist, hinton, cifar)
+    make poster                                  # everything: MNIST, Hinton's profile, the CIFAR-10 and methods studies
+    make poster ARGS="--parts mnist"             # one part (mnist, hinton, cifar, methods)
     make poster ARGS="--seeds 0 1 2 3"           # more seeds
+    make poster ARGS="--parts methods --hours 2" # the methods study, 2 hours at a time
 
 `make poster` runs `PYTHONPATH=src python -m kd_study.poster $(ARGS)` from the project root.
 
@@ -10,8 +11,9 @@ Experiments already run with the same params and pipeline code are reused, so a
 second run with nothing changed queues nothing and only rewrites the report, and a
 study cut short (the CIFAR-10 one takes hours) goes on where it stopped. The CIFAR-10
 study runs in two phases: teachers and the validation grids at seed 0, then the seeded
-runs with the T, alpha and smoothing the grids chose. A
-failed experiment is listed under "Not run" and the command exits 1.
+runs with the T, alpha and smoothing the grids chose. The methods study (docs/methods-study.md)
+does the same per pair-budget: each method's 4 settings at seed 0, then the chosen one at the
+other seeds. A failed experiment is listed under "Not run" and the command exits 1.
 """
 from __future__ import annotations
 
@@ -25,11 +27,12 @@ import time
 from pathlib import Path
 
 from kd_study import dvc_exps, experiments, record
-from kd_study.experiments import CIFAR_PROFILE, PARTS, SEEDS, TEMPERATURES, PosterError
+from kd_study.experiments import CIFAR_PROFILE, METHOD_SEEDS, PARTS, SEEDS, TEMPERATURES, PosterError
 from kd_study.report import write_report
 
 # The issues' budgets on a 2-core machine; the CIFAR study's 6 hours may span several invocations.
-BUDGET_MIN = {"mnist": 45, "hinton": 45, "cifar": 360}
+# The methods study's 11 hours: 120 student trainings, 40 of them 30 CIFAR epochs (about 10 min each).
+BUDGET_MIN = {"mnist": 45, "hinton": 45, "cifar": 360, "methods": 660}
 
 
 def main(argv=None) -> int:
@@ -37,7 +40,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kd_study.poster", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=None,
+                    help=f"student seeds (default: {' '.join(map(str, SEEDS))}; the methods study "
+                         f"{' '.join(map(str, METHOD_SEEDS))})")
     ap.add_argument("--temperatures", nargs="+", type=float, default=list(TEMPERATURES))
     ap.add_argument("--profile", default=CIFAR_PROFILE, help="params file of the CIFAR-10 part")
     ap.add_argument("--out", default="reports/poster.md")
@@ -50,13 +55,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.hours is not None and not args.hours >= 0:  # also NaN
         ap.error(f"--hours must be 0 or more, got {args.hours:g}")
-    if len(set(args.seeds)) < 2:
+    if args.seeds is not None and len(set(args.seeds)) < 2:
         print("poster: warning: with one seed there is no std and no noise test", file=sys.stderr)
     root = Path.cwd()
     if not (root / "dvc.yaml").is_file():
         print("poster: run from the project root (where dvc.yaml is)", file=sys.stderr)
         return 2
     temps = [int(t) if float(t).is_integer() else t for t in args.temperatures]
+    seeds = list(SEEDS) if args.seeds is None else args.seeds
+    method_seeds = list(METHOD_SEEDS) if args.seeds is None else args.seeds
     started = time.perf_counter()
     deadline = None if args.hours is None else time.time() + 3600 * args.hours
     lines, everything = [], []
@@ -93,13 +100,22 @@ def main(argv=None) -> int:
             return {**reused, **ran}
 
         chosen = {}
-        for part, exps in experiments.plan(root, args.parts, args.seeds, temps, args.profile).items():
-            if part != "cifar":
+        for part, exps in experiments.plan(root, args.parts, seeds, temps, args.profile).items():
+            if part == "cifar":
+                done = phase("cifar", exps, "tuning")  # teachers and grids, at seed 0
+                chosen = experiments.choose([(e, done[e.name].metrics if e.name in done else None) for e in exps])
+                phase("cifar", experiments.study_runs(root, chosen, seeds, args.profile), "study")
+            elif part == "methods":
+                # Pair-budget by pair-budget (MNIST first: cheap), each in the CIFAR study's two phases.
+                for pair in experiments.METHOD_PAIRS:
+                    tuning = experiments.of_pair(exps, pair)
+                    done = phase("methods", tuning, f"{pair} tuning")  # 5 methods x 4 settings, seed 0
+                    picked = experiments.choose_methods(
+                        [(e, done[e.name].metrics if e.name in done else None) for e in tuning])
+                    phase("methods", experiments.methods_seeds(root, picked, method_seeds, args.profile, (pair,)),
+                          f"{pair} seeds")
+            else:
                 phase(part, exps)
-                continue
-            done = phase("cifar", exps, "tuning")  # teachers and grids, at seed 0
-            chosen = experiments.choose([(e, done[e.name].metrics if e.name in done else None) for e in exps])
-            phase("cifar", experiments.study_runs(root, chosen, args.seeds, args.profile), "study")
         found = dvc_exps.current(root, everything, shown + recorded)
         commit = dvc_exps.git(root, "rev-parse", "--short", "HEAD").stdout.strip()
         # The report's own files do not make the code dirty: a rerun rewrites them.
@@ -118,12 +134,13 @@ def main(argv=None) -> int:
                                                      if args.report_only else
                                                      f"Total wall time **{_hm(time.perf_counter() - started)}**:"),
               "", *lines, *args.note, "",
-              f"Experiments ran on commit {_baselines(found)}. Seeds {args.seeds}: every mean ± std is over the "
+              f"Experiments ran on commit {_baselines(found)}. Seeds {_seeds(args.parts, seeds, method_seeds)}: "
+              "every mean ± std is over the "
               "student seeds (sample std); one teacher per setting (`teacher.seed: 0`). \"Exceeds seed noise\": "
               "a paired t-test over seeds of distilled vs true-label student, p < 0.05."]
     runs = [(e, found[e.name].metrics if e.name in found else None) for e in everything]
     write_report(root / args.out, runs, header=header, temperatures=temps, chosen=chosen,
-                 commits={run.baseline for run in found.values()})
+                 commits={run.baseline for run in found.values()}, method_seeds=method_seeds)
     print(f"poster: wrote {args.out} ({len(found)}/{len(runs)} experiments)")
     if len(found) < len(runs):
         print(f"poster: not run: {', '.join(e.name for e, m in runs if m is None)} "
@@ -151,6 +168,14 @@ def log_machine_time(path: Path, part: str, experiments_run: int, seconds: float
                       dvc_exps.git(path.parent, "rev-parse", "--short", "HEAD").stdout.strip(), part,
                       experiments_run, round(seconds), cpu_capability(), resolve_precision("auto", device),
                       torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"])
+
+
+def _seeds(parts, seeds: list[int], method_seeds: list[int]) -> str:
+    if "methods" not in parts:
+        return f"{seeds}"
+    if set(parts) == {"methods"}:
+        return f"{method_seeds}"
+    return f"{seeds} (the methods study: {method_seeds})"
 
 
 def _baselines(found: dict[str, dvc_exps.Shown]) -> str:

@@ -5,8 +5,8 @@ import statistics
 from pathlib import Path
 
 from kd.paths import metrics_file
-from kd_study import report_cifar
-from kd_study.experiments import OMITTED_DIGIT, Experiment
+from kd_study import report_cifar, report_methods
+from kd_study.experiments import METHOD_SEEDS, OMITTED_DIGIT, Experiment
 from kd_study.report_plots import plots
 from kd_study.runs import (BEFORE_AND_AFTER_FIX, Run, at_temperature, finished, gain_test, of_kind, of_part, pct,
                            scores, table)
@@ -142,7 +142,7 @@ def hinton_section(runs: list[Run]) -> list[str]:
 
 
 def write_report(path: Path, runs: list[Run], *, header: list[str], temperatures, chosen=None,
-                 commits: set[str] | None = None) -> None:
+                 commits: set[str] | None = None, method_seeds=METHOD_SEEDS) -> None:
     lines = ["# Knowledge distillation: the poster's experiments, rerun", "", *header, ""]
     parts = {e.part for e, _ in runs}
     for part in sorted(parts):
@@ -153,6 +153,9 @@ def write_report(path: Path, runs: list[Run], *, header: list[str], temperatures
         lines += hinton_section(runs)
     if "cifar" in parts:
         lines += report_cifar.cifar_section(runs, chosen or {})
+    if "methods" in parts:
+        lines += report_methods.methods_section(runs, method_seeds, path.with_suffix("") / "machine-time.csv",
+                                                commits)
     missing = [e.name for e, m in runs if m is None]
     if missing:
         lines += ["## Not run", "", "These experiments failed or did not finish (`dvc queue logs <name>` "
@@ -170,10 +173,12 @@ def write_report(path: Path, runs: list[Run], *, header: list[str], temperatures
 def _overrides(e: Experiment) -> str:
     """The overrides; for a profile's rows (the same for all of them) only the keys that differ."""
     profile = {"cifar": "the CIFAR-10 CPU profile", "hinton": "the Hinton profile"}.get(e.part)
+    if e.part == "methods" and "data.dataset" in e.overrides:
+        profile = "the CIFAR-10 CPU profile"
     if profile is None:
         return " ".join(f"{k}={v}" for k, v in e.overrides.items())
     keep = ("teacher.arch", "teacher.epochs", "student.arch", "student.epochs", "temperature", "alpha",
-            "baseline.label_smoothing", "seed")
+            "baseline.label_smoothing", *(k for k in e.overrides if k.startswith("method.")), "seed")
     shown = " ".join(f"{k}={e.overrides[k]}" for k in keep if k in e.overrides
                      and (not e.targets or k.startswith("teacher.")))
     return f"{profile}, {shown}" + (f", only {' '.join(e.targets)}" if e.targets else "")

@@ -3,13 +3,12 @@ validation grids, KD gain against the student's budget with 95% confidence inter
 label-smoothing control, and one verdict per claim of the poster."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from kd.paths import metrics_file
 from kd_study.experiments import (BUDGETS, CIFAR_FAMILIES, GRID, LONGEST, SMOOTHING, STUDY_TEACHER_EPOCHS,
                                   TEACHER_EPOCHS, TUNE_BUDGET, TUNED)
-from kd_study.runs import Run, finished, gain_test, of_kind, of_part, pct, scores, table
+from kd_study.runs import (Run, by_seed, finished, machine_totals, of_kind, of_part, paired, pct, scores, table,
+                           val_acc)
 
 PLATEAU_POINTS = 0.3  # doubling a teacher's epochs adds less than this (validation accuracy, points)
 NAMES = {"reversed": "reversed KD", "self": "self-KD", "hetero": "heterogeneous KD"}
@@ -22,22 +21,6 @@ CLAIMS = {
     "smooth": "The teacher's soft labels are what helps, beyond label-smoothing-like regularisation "
               "(poster's discussion; Yuan et al. 2020 argue KD is largely smoothing)",
 }
-
-
-def val_acc(metrics: dict, role: str) -> float | None:
-    """A model's validation accuracy (its metrics file): what tuning may look at, unlike test."""
-    return (metrics.get(metrics_file(role).as_posix()) or {}).get("val_acc")
-
-
-def by_seed(runs: list[Run], role: str) -> dict[int, float]:
-    """Seed -> test accuracy of `role`, over the finished runs."""
-    return {e.seed: acc[0] for e, m in finished(runs) if (acc := scores([(e, m)], role, "accuracy"))}
-
-
-def paired(a: dict[int, float], b: dict[int, float]) -> dict:
-    """a - b over the seeds both have (runs.gain_test: mean, std, 95% t-interval, paired t-test)."""
-    seeds = sorted(set(a) & set(b))
-    return gain_test([a[s] for s in seeds], [b[s] for s in seeds])
 
 
 def fmt_paired(g: dict) -> list[str]:
@@ -205,19 +188,7 @@ def machine_time(path: Path, commits: set[str] | None = None) -> list[str]:
     that has changed since, whose runs the report no longer shows."""
     if not path.is_file():
         return []
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    short = None if commits is None else {c[:7] for c in commits}
-    total: dict[tuple[str, str], list[float]] = {}
-    stale = 0.0
-    for r in rows:
-        if short is not None and r["commit"][:7] not in short:
-            stale += float(r["seconds"])
-            continue
-        key = (r["part"], f"{r['cpu_capability']}, {r['auto_precision']}, {r['device']}")
-        total.setdefault(key, [0, 0])
-        total[key][0] += float(r["seconds"])
-        total[key][1] += int(r["experiments_run"])
+    total, stale = machine_totals(path, commits)
     rel = f"{path.parent.name}/{path.name}"
     lines = ["## Machine time", "",
              # Relative to the report beside the folder, so the link works in any clone.

@@ -1,8 +1,10 @@
 """The poster report's runs and what every section of it asks of them: which runs, their
-scores, the mean ± std and the paired gain test, a markdown table. report, report_cifar and
-report_plots all import this module and it imports none of them."""
+scores, the mean ± std and the paired gain test, Holm's correction, the machine-time log, a
+markdown table. report, report_cifar, report_methods and report_plots all import this module
+and it imports none of them."""
 from __future__ import annotations
 
+import csv
 import math
 import statistics
 
@@ -44,6 +46,68 @@ def scores(runs: list[Run], role: str, *key: str) -> list[float]:
         if value is not None:
             out.append(value)
     return out
+
+
+def val_acc(metrics: dict, role: str) -> float | None:
+    """A model's validation accuracy (its metrics file): what tuning may look at, unlike test."""
+    return (metrics.get(metrics_file(role).as_posix()) or {}).get("val_acc")
+
+
+def by_seed(runs: list[Run], role: str) -> dict[int, float]:
+    """Seed -> test accuracy of `role`, over the finished runs."""
+    return {e.seed: acc[0] for e, m in finished(runs) if (acc := scores([(e, m)], role, "accuracy"))}
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> dict:
+    """a - b over the seeds both have (gain_test: mean, std, 95% t-interval, paired t-test)."""
+    seeds = sorted(set(a) & set(b))
+    return gain_test([a[s] for s in seeds], [b[s] for s in seeds])
+
+
+def mean_ci(values: list[float]) -> tuple[float, float, float]:
+    """The mean and its 95% t-interval (nan without 2 values)."""
+    if not values:
+        return math.nan, math.nan, math.nan
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, math.nan, math.nan
+    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return m, m - half, m + half
+
+
+def holm(ps: list[float]) -> list[float]:
+    """Holm's step-down adjustment (family-wise error rate) of the p-values of one family of
+    tests, in their order: the i-th smallest times (m - i + 1), at most 1, never below the
+    adjusted p of a smaller one. All nan if any is nan (the family is not complete)."""
+    if any(math.isnan(p) for p in ps):
+        return [math.nan] * len(ps)
+    out, running = [math.nan] * len(ps), 0.0
+    for rank, i in enumerate(sorted(range(len(ps)), key=lambda i: ps[i])):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
+def machine_totals(path, commits: set[str] | None = None) -> tuple[dict[tuple[str, str], list[float]], float]:
+    """reports/poster/machine-time.csv summed: (part, "CPU capability, precision, device") ->
+    [seconds, experiments run], and the seconds of invocations on other commits than `commits`
+    (those the reported runs ran on; None: count every row)."""
+    if not path.is_file():
+        return {}, 0.0
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    short = None if commits is None else {c[:7] for c in commits}
+    total: dict[tuple[str, str], list[float]] = {}
+    stale = 0.0
+    for r in rows:
+        if short is not None and r["commit"][:7] not in short:
+            stale += float(r["seconds"])
+            continue
+        key = (r["part"], f"{r['cpu_capability']}, {r['auto_precision']}, {r['device']}")
+        total.setdefault(key, [0, 0])
+        total[key][0] += float(r["seconds"])
+        total[key][1] += int(r["experiments_run"])
+    return total, stale
 
 
 def pct(values: list[float]) -> str:
