@@ -5,8 +5,8 @@
 
 A step is the student's forward pass, the loss and the backward pass and SGD update, on random
 images and random cached teacher logits (the teacher never runs: every method reads the cache).
-Methods take turns within each round, so drift in the machine's speed hits all alike; the
-median round is reported. Timings say nothing about another CPU: rerun it there.
+Methods take turns within each round, starting from a different one each round, so drift in
+the machine's speed and the order hit all alike; the median round is reported. Timings say nothing about another CPU: rerun it there.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def main() -> None:
     for net in args.nets:
         dataset = "mnist" if net.startswith("mlp") else "cifar10"
         info = DATASETS[dataset]
-        model = prepare_model(new_model(net, dataset), device)
+        model = prepare_model(new_model(net, dataset)).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         g = torch.Generator().manual_seed(0)
         x = torch.rand(args.batch, *info.shape, generator=g).to(device)
@@ -72,8 +72,10 @@ def main() -> None:
         for loss_fn in losses.values():  # warm-up
             for _ in range(3):
                 step(loss_fn)
-        for _ in range(args.rounds):
-            for m, loss_fn in losses.items():
+        names = list(losses)
+        for r in range(args.rounds):
+            for m in names[r % len(names):] + names[:r % len(names)]:  # each method in each position
+                loss_fn = losses[m]
                 t0 = time.perf_counter()
                 for _ in range(args.steps):
                     step(loss_fn)
