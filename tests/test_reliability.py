@@ -16,6 +16,7 @@ import yaml
 
 from conftest import set_param, sh, stages_run
 from kd.dvc_stage import stage_fingerprint
+from kd.files import file_md5
 from kd.params import load_params
 from kd.process_id import this_process
 
@@ -209,3 +210,66 @@ def test_stage_start_cleans_up_after_killed_runs(proj):
     runs = mlflow_runs(proj)
     assert [r.info.status for r in runs] == ["KILLED", "KILLED", "FINISHED", "FINISHED"]  # old, then new
     assert "marked MLflow run" in rerun.stderr
+
+
+# --- 9. faults from outside the pipeline (issue #31) -------------------------------
+
+def dvc_cmd(*args):
+    return [sys.executable, "-m", "dvc", *args]
+
+
+def locked_out_md5(proj, stage, path):
+    outs = yaml.safe_load((proj / "dvc.lock").read_text())["stages"][stage]["outs"]
+    return next(o["md5"] for o in outs if o["path"] == path)
+
+
+def test_a_damaged_cache_object_is_refused_by_the_first_stage_that_loads_it_and_the_printed_repair_works(
+        built_project, tmp_path):
+    proj = copy_project(built_project, tmp_path / "proj", dvc=True)
+    good = json.loads((proj / "metrics/evaluate.json").read_text())
+    md5 = locked_out_md5(proj, "train_teacher", "models/teacher.pt")
+    obj = proj / ".dvc/cache/files/md5" / md5[:2] / md5[2:]
+    obj.chmod(0o644)  # DVC keeps its objects read-only
+    blob = bytearray(obj.read_bytes())
+    blob[len(blob) // 2:len(blob) // 2 + 4096] = bytes(4096)  # weights zeroed; still a loadable file
+    obj.write_bytes(bytes(blob))
+    (proj / "models/teacher.pt").unlink()
+    sh(dvc_cmd("checkout"), proj)  # restores the damaged copy, and says nothing
+    failed = sh(dvc_cmd("repro", "-f", "-s", "evaluate"), proj, check=False, env={"KD_TRACKING": "0"})
+    assert failed.returncode != 0
+    errors = [line for line in failed.stderr.splitlines() if "[evaluate] error" in line]
+    assert len(errors) == 1, failed.stdout + failed.stderr
+    assert errors[0].startswith(f"[evaluate] error: models/teacher.pt: md5 {file_md5(obj)}, but dvc.lock records "
+                                f"{md5} for train_teacher's output"), errors[0]
+    repair = errors[0].split("repair: `")[1].rstrip("`")
+    assert repair == f"rm -f .dvc/cache/files/md5/{md5[:2]}/{md5[2:]} models/teacher.pt && dvc repro"
+    fixed = sh(["sh", "-c", repair], proj, env={"KD_TRACKING": "0"})
+    assert "train_teacher" in stages_run(fixed)
+    assert file_md5(proj / "models/teacher.pt") == md5 == file_md5(obj)  # retrained bit-identically, recached
+    rerun = sh(dvc_cmd("repro", "-f", "-s", "evaluate"), proj, env={"KD_TRACKING": "0"})
+    assert json.loads((proj / "metrics/evaluate.json").read_text())["teacher"] == good["teacher"], rerun.stdout
+
+
+def test_a_damaged_file_of_a_directory_output_is_refused_too(built_project, tmp_path):
+    proj = copy_project(built_project, tmp_path / "proj", dvc=True)
+    test_md5 = file_md5(proj / "data/prepared/test.pt")
+    obj = proj / ".dvc/cache/files/md5" / test_md5[:2] / test_md5[2:]
+    obj.chmod(0o644)
+    with open(obj, "r+b") as f:  # in place, as a disk error would
+        f.seek(obj.stat().st_size // 2)
+        f.write(b"\xff" * 64)
+    shutil.copyfile(obj, proj / "data/prepared/test.pt")  # what `dvc checkout` would restore
+    failed = run_stage(proj, "evaluate")
+    assert failed.returncode == 2
+    assert f"[evaluate] error: data/prepared/test.pt: md5 {file_md5(obj)}, but dvc.lock records {test_md5} " \
+           "for prepare's output" in failed.stderr
+    assert "Traceback" not in failed.stderr
+
+
+def test_inputs_rebuilt_by_hand_are_not_taken_for_damage(built_project, tmp_path):
+    # The teacher differs from dvc.lock, but its cache object is sound: a newer file, not a damaged one.
+    proj = copy_project(built_project, tmp_path / "proj", dvc=True)
+    set_param(proj, "teacher.lr", 0.05)
+    assert run_stage(proj, "train_teacher").returncode == 0
+    rebuilt = run_stage(proj, "evaluate")
+    assert rebuilt.returncode == 0, rebuilt.stderr
