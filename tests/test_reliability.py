@@ -5,11 +5,13 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import yaml
@@ -273,3 +275,67 @@ def test_inputs_rebuilt_by_hand_are_not_taken_for_damage(built_project, tmp_path
     assert run_stage(proj, "train_teacher").returncode == 0
     rebuilt = run_stage(proj, "evaluate")
     assert rebuilt.returncode == 0, rebuilt.stderr
+
+
+def gone(pid):
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # an orphan nobody reaped yet
+    except psutil.NoSuchProcess:
+        return True
+
+
+def stage_pid(proj, stage="train_teacher"):
+    return int((proj / f".resume/{stage}.lock").read_text().partition("@")[0])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL], ids=lambda s: s.name)
+def test_a_stage_stops_with_its_dvc_and_the_rerun_resumes(built_project, tmp_path, sig):
+    proj = copy_project(built_project, tmp_path / "proj", dvc=True)
+    set_param(proj, "teacher.epochs", 3)
+    hold, log = tmp_path / "hold", tmp_path / "dvc.log"
+    with open(log, "w") as out:  # not a pipe: the orphaned stage would block on a full one
+        dvc = subprocess.Popen(dvc_cmd("repro", "-s", "train_teacher"), cwd=proj, stdout=out, stderr=out,
+                               env=env(KD_HOLD_AFTER_EPOCH=f"1:{hold}", KD_TRACKING="1"), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not hold.exists() and dvc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert hold.exists(), log.read_text()
+        pid = stage_pid(proj)
+        os.kill(dvc.pid, sig)  # dvc alone, as `kill <pid of dvc>` does
+        dvc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while not gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert gone(pid), f"train_teacher (pid {pid}) still runs after its dvc got {sig.name}"
+    finally:
+        if dvc.poll() is None:
+            dvc.kill()
+    assert "[train_teacher] stopped: its dvc process" in log.read_text()
+    assert {r.info.status for r in mlflow_runs(proj)} == {"KILLED"}  # marked by the stage itself
+    assert len(resume_states(proj)) == 1
+    rerun = sh(dvc_cmd("repro", "-s", "train_teacher"), proj, env={"KD_TRACKING": "0"})
+    assert "resuming after epoch 1" in rerun.stdout + rerun.stderr
+    assert json.loads((proj / "metrics/teacher.json").read_text())["epochs"] == 3
+
+
+def test_a_second_run_of_a_running_stage_is_refused_naming_the_first(proj, tmp_path):
+    hold = tmp_path / "hold"
+    first = subprocess.Popen([sys.executable, "stages/train_teacher.py"], cwd=proj, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=env(KD_HOLD_AFTER_EPOCH=f"1:{hold}"))
+    try:
+        deadline = time.monotonic() + 240
+        while not hold.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert hold.exists()
+        second = run_stage(proj, "train_teacher")
+        assert second.returncode == 2
+        assert second.stderr.strip() == (f"[train_teacher] error: stage train_teacher is already running in this "
+                                         f"workspace (pid {first.pid}); wait for it to end, or stop it "
+                                         f"(`kill {first.pid}`) and rerun")
+        hold.unlink()
+        assert first.wait(timeout=240) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert run_stage(proj, "train_teacher").returncode == 0  # the lock went with the first process

@@ -22,6 +22,8 @@ from kd.params import Params, project_root
 from kd.paths import curve_file, metrics_file, model_file, split_file, timing_file
 from kd.splits import load_split
 from kd.stage_setup import check_params_unchanged, stage_device, start
+from kd_pipeline.parent_watch import Stopped, ignore_further_stops, stop_on_signals, watch_dvc
+from kd_pipeline.stage_lock import hold_stage_lock
 from kd_pipeline.tracking import Tracker
 
 if TYPE_CHECKING:  # not a runtime import, so not a dep of every stage
@@ -65,9 +67,13 @@ def stage(name: str, *, ddp: bool = False):
     """Run a stage; with ddp=True it may train under torchrun (see kd.stage_setup.start)."""
     tag = f"{name} rank {distributed.rank()}" if distributed.launched() else name
     tracking = Tracker(name)
+    lock = None
+    stop_on_signals()  # SIGTERM, SIGHUP: end as KILLED below, the resume state kept
     try:
         params = start(name, ddp=ddp)
         if distributed.is_main():  # one MLflow run per stage, not one per rank
+            lock = hold_stage_lock(name)  # held until this process ends
+            watch_dvc()
             remove_leftovers(name)
             tracking.start(params)  # never raises; a tracking failure only warns
         run = StageRun(name, params, stage_device(), tracking)
@@ -91,11 +97,19 @@ def stage(name: str, *, ddp: bool = False):
         print(f"[{tag}] error: {e}", file=sys.stderr, flush=True)
         tracking.end("FAILED")
         sys.exit(2)
+    except Stopped as e:
+        ignore_further_stops()
+        tracking.end("KILLED")
+        print(f"[{tag}] stopped: {e.reason}; the next `dvc repro` resumes after the last finished epoch",
+              file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)
     except BaseException as e:
         tracking.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     finally:
         distributed.shutdown()
+        if lock:
+            lock.close()
 
 
 def remove_leftovers(name: str) -> None:
