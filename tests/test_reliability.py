@@ -151,23 +151,31 @@ def mlflow_runs(proj):
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
 
 
-def test_unwritable_output_fails_clearly_marks_runs_failed_and_keeps_the_resume_state(proj):
-    # The last file the stage writes, after its model, curves, metrics and MLflow records.
+def test_unwritable_output_folder_fails_before_training_and_marks_runs_failed(proj):
+    # A folder the stage writes into, checked before it trains rather than at its last write.
     # (Tests run as root here, so a directory made read-only would not stop a write.)
     shutil.rmtree(proj / "metrics/timing")
     (proj / "metrics/timing").write_text("a file where a directory should be")
     failed = run_stage(proj, "train_teacher", KD_TRACKING="1")
     assert failed.returncode == 2, failed.stderr
     errors = [line for line in failed.stderr.splitlines() if "error" in line.lower()]
-    assert errors == ["[train_teacher] error: metrics/timing/train_teacher.json: cannot write it (File exists)"], \
-        failed.stderr
+    assert errors == ["[train_teacher] error: metrics/timing/: cannot write there (File exists), "
+                      "where stage train_teacher writes its outputs"], failed.stderr
+    assert "epoch" not in failed.stdout  # before the first epoch
     assert {r.info.run_name: r.info.status for r in mlflow_runs(proj)} == {"train_teacher": "FAILED",
                                                                           "no-commit": "FAILED"}
-    assert len(resume_states(proj)) == 1
     (proj / "metrics/timing").unlink()
     rerun = run_stage(proj, "train_teacher")
-    assert rerun.returncode == 0 and "resuming after epoch 2" in rerun.stdout
+    assert rerun.returncode == 0, rerun.stderr
     assert resume_states(proj) == []
+
+
+def test_far_out_epochs_are_a_one_line_warning(proj):
+    set_param(proj, "teacher.epochs", 100000)
+    checked = run_stage(proj, "check_params")
+    assert checked.returncode == 0, checked.stderr
+    assert "[check_params] warning: teacher.epochs: 100000 is far beyond the usual (at most a few hundred); " \
+           "training runs them all" in checked.stdout
 
 
 def test_file_size_limit_after_training_fails_clearly_and_the_rerun_resumes(proj):

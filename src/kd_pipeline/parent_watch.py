@@ -30,13 +30,18 @@ class Stopped(KeyboardInterrupt):
 _reason: str | None = None  # set by the watcher before it signals the main thread
 
 
-def stop_on_signals() -> None:
-    """SIGTERM and SIGHUP raise Stopped in the main thread, so the stage ends cleanly."""
+def stop_on_signals() -> dict:
+    """SIGTERM and SIGHUP raise Stopped in the main thread, so the stage ends cleanly;
+    returns the handlers they had."""
     def handler(signum, _frame):
         raise Stopped(_reason or f"stopped by {signal.Signals(signum).name}", signum)
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, handler)
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+
+def restore_signals(handlers: dict) -> None:
+    for sig, old in handlers.items():
+        signal.signal(sig, old)
 
 
 def ignore_further_stops() -> None:
