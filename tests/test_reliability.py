@@ -347,3 +347,17 @@ def test_a_second_run_of_a_running_stage_is_refused_naming_the_first(proj, tmp_p
         if first.poll() is None:
             first.kill()
     assert run_stage(proj, "train_teacher").returncode == 0  # the lock went with the first process
+
+
+def test_a_resume_state_whose_outputs_dvc_holds_is_removed_when_a_stage_starts(built_project, tmp_path):
+    # A train_teacher killed before writing anything, with the params dvc.lock records: its
+    # outputs are in the workspace as dvc.lock has them (as after a run-cache restore).
+    proj = copy_project(built_project, tmp_path / "proj", dvc=True)
+    assert run_stage(proj, "train_teacher", KD_CRASH_AFTER_EPOCH="1").returncode == -9
+    other = proj / ".resume/train_teacher-0123456789abcdef.pt"  # of other inputs: kept for a rerun
+    other.write_bytes(b"state")
+    [state] = [p for p in resume_states(proj) if p != other]
+    evaluated = run_stage(proj, "evaluate")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"[evaluate] removed {state}: DVC holds that stage's outputs for those inputs" in evaluated.stdout
+    assert resume_states(proj) == [other]

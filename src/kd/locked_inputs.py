@@ -67,7 +67,7 @@ def _recorded(path: str) -> tuple[str, str] | None:
         if path == out:
             return (md5, stage) if not md5.endswith(".dir") else None
         if md5.endswith(".dir") and path.startswith(out.rstrip("/") + "/"):
-            inner = _dir_listing(md5).get(path[len(out.rstrip("/")) + 1:])
+            inner = dir_listing(md5).get(path[len(out.rstrip("/")) + 1:])
             return (inner, stage) if inner else None
     return None
 
@@ -84,7 +84,7 @@ def _lock_outs(lock: str, mtime_ns: int, size: int) -> list[tuple[str, str, str]
 
 
 @lru_cache(maxsize=16)
-def _dir_listing(dir_md5: str) -> dict[str, str]:
+def dir_listing(dir_md5: str) -> dict[str, str]:
     """relpath -> md5 of a directory output, from its `.dir` object in the cache."""
     obj = cache_object(dir_md5)
     try:

@@ -23,6 +23,7 @@ from kd.params import Params, project_root
 from kd.paths import curve_file, metrics_file, model_file, split_file, timing_file
 from kd.splits import load_split
 from kd.stage_setup import check_params_unchanged, stage_device, start
+from kd_pipeline.finished_states import remove_finished_states
 from kd_pipeline.parent_watch import Stopped, ignore_further_stops, restore_signals, stop_on_signals, watch_dvc
 from kd_pipeline.stage_lock import hold_stage_lock
 from kd_pipeline.tracking import Tracker
@@ -76,6 +77,8 @@ def stage(name: str, *, ddp: bool = False):
             lock = hold_stage_lock(name)  # held until this process ends
             watch_dvc()
             remove_leftovers(name)
+            for state in remove_finished_states(name, params):
+                print(f"[{name}] removed {state}: DVC holds that stage's outputs for those inputs", flush=True)
             tracking.start(params)  # never raises; a tracking failure only warns
             check_outputs_writable(name)
         run = StageRun(name, params, stage_device(), tracking)
