@@ -32,7 +32,7 @@ def remove_finished_states(current: str, params: Params) -> list[Path]:
     for stage, entry in lock.items():
         if stage == current or not isinstance(entry, dict) or not list(resume.glob(f"{stage}-*.pt")):
             continue
-        if _running(resume / f"{stage}.lock") or not dvc_stage(stage):
+        if _running(Path(".resume") / f"{stage}.lock") or not dvc_stage(stage):  # this workspace's lock
             continue
         state = resume / f"{stage}-{stage_fingerprint(stage, params, f'stages/{stage}.py')}.pt"
         if state.exists() and _as_locked(stage, entry, params):

@@ -9,10 +9,10 @@ releases it when the process ends, however it ends, so it is never stale.
 from __future__ import annotations
 
 import fcntl
+from pathlib import Path
 from typing import IO
 
 from kd.errors import UserError
-from kd.params import project_root
 from kd.process_id import this_process
 
 
@@ -22,7 +22,9 @@ class StageBusyError(UserError, RuntimeError):
 
 def hold_stage_lock(name: str) -> IO:
     """Lock the stage for this process (keep the returned file open) or refuse."""
-    path = project_root() / ".resume" / f"{name}.lock"
+    # The workspace's own .resume/, not project_root()'s: each `dvc exp run --queue` copy is a
+    # workspace of its own, and queued experiments may run the same stage side by side.
+    path = Path(".resume") / f"{name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     f = open(path, "a+")
     try:
