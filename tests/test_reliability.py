@@ -5,17 +5,20 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import yaml
 
 from conftest import set_param, sh, stages_run
 from kd.dvc_stage import stage_fingerprint
+from kd.files import file_md5
 from kd.params import load_params
 from kd.process_id import this_process
 
@@ -148,23 +151,31 @@ def mlflow_runs(proj):
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
 
 
-def test_unwritable_output_fails_clearly_marks_runs_failed_and_keeps_the_resume_state(proj):
-    # The last file the stage writes, after its model, curves, metrics and MLflow records.
+def test_unwritable_output_folder_fails_before_training_and_marks_runs_failed(proj):
+    # A folder the stage writes into, checked before it trains rather than at its last write.
     # (Tests run as root here, so a directory made read-only would not stop a write.)
     shutil.rmtree(proj / "metrics/timing")
     (proj / "metrics/timing").write_text("a file where a directory should be")
     failed = run_stage(proj, "train_teacher", KD_TRACKING="1")
     assert failed.returncode == 2, failed.stderr
     errors = [line for line in failed.stderr.splitlines() if "error" in line.lower()]
-    assert errors == ["[train_teacher] error: metrics/timing/train_teacher.json: cannot write it (File exists)"], \
-        failed.stderr
+    assert errors == ["[train_teacher] error: metrics/timing/: cannot write there (File exists), "
+                      "where stage train_teacher writes its outputs"], failed.stderr
+    assert "epoch" not in failed.stdout  # before the first epoch
     assert {r.info.run_name: r.info.status for r in mlflow_runs(proj)} == {"train_teacher": "FAILED",
                                                                           "no-commit": "FAILED"}
-    assert len(resume_states(proj)) == 1
     (proj / "metrics/timing").unlink()
     rerun = run_stage(proj, "train_teacher")
-    assert rerun.returncode == 0 and "resuming after epoch 2" in rerun.stdout
+    assert rerun.returncode == 0, rerun.stderr
     assert resume_states(proj) == []
+
+
+def test_far_out_epochs_are_a_one_line_warning(proj):
+    set_param(proj, "teacher.epochs", 100000)
+    checked = run_stage(proj, "check_params")
+    assert checked.returncode == 0, checked.stderr
+    assert "[check_params] warning: teacher.epochs: 100000 is far beyond the usual (at most a few hundred); " \
+           "training runs them all" in checked.stdout
 
 
 def test_file_size_limit_after_training_fails_clearly_and_the_rerun_resumes(proj):
@@ -209,3 +220,144 @@ def test_stage_start_cleans_up_after_killed_runs(proj):
     runs = mlflow_runs(proj)
     assert [r.info.status for r in runs] == ["KILLED", "KILLED", "FINISHED", "FINISHED"]  # old, then new
     assert "marked MLflow run" in rerun.stderr
+
+
+# --- 9. faults from outside the pipeline (issue #31) -------------------------------
+
+def dvc_cmd(*args):
+    return [sys.executable, "-m", "dvc", *args]
+
+
+def locked_out_md5(proj, stage, path):
+    outs = yaml.safe_load((proj / "dvc.lock").read_text())["stages"][stage]["outs"]
+    return next(o["md5"] for o in outs if o["path"] == path)
+
+
+def test_a_damaged_cache_object_is_refused_by_the_first_stage_that_loads_it_and_the_printed_repair_works(
+        built_project, tmp_path):
+    proj = copy_project(built_project, tmp_path / "proj", dvc=True)
+    good = json.loads((proj / "metrics/evaluate.json").read_text())
+    md5 = locked_out_md5(proj, "train_teacher", "models/teacher.pt")
+    obj = proj / ".dvc/cache/files/md5" / md5[:2] / md5[2:]
+    obj.chmod(0o644)  # DVC keeps its objects read-only
+    blob = bytearray(obj.read_bytes())
+    blob[len(blob) // 2:len(blob) // 2 + 4096] = bytes(4096)  # weights zeroed; still a loadable file
+    obj.write_bytes(bytes(blob))
+    (proj / "models/teacher.pt").unlink()
+    sh(dvc_cmd("checkout"), proj)  # restores the damaged copy, and says nothing
+    failed = sh(dvc_cmd("repro", "-f", "-s", "evaluate"), proj, check=False, env={"KD_TRACKING": "0"})
+    assert failed.returncode != 0
+    errors = [line for line in failed.stderr.splitlines() if "[evaluate] error" in line]
+    assert len(errors) == 1, failed.stdout + failed.stderr
+    assert errors[0].startswith(f"[evaluate] error: models/teacher.pt: md5 {file_md5(obj)}, but dvc.lock records "
+                                f"{md5} for train_teacher's output"), errors[0]
+    repair = errors[0].split("repair: `")[1].rstrip("`")
+    assert repair == f"rm -f .dvc/cache/files/md5/{md5[:2]}/{md5[2:]} models/teacher.pt && dvc repro"
+    fixed = sh(["sh", "-c", repair], proj, env={"KD_TRACKING": "0"})
+    assert "train_teacher" in stages_run(fixed)
+    assert file_md5(proj / "models/teacher.pt") == md5 == file_md5(obj)  # retrained bit-identically, recached
+    rerun = sh(dvc_cmd("repro", "-f", "-s", "evaluate"), proj, env={"KD_TRACKING": "0"})
+    assert json.loads((proj / "metrics/evaluate.json").read_text())["teacher"] == good["teacher"], rerun.stdout
+
+
+def test_a_damaged_file_of_a_directory_output_is_refused_too(built_project, tmp_path):
+    proj = copy_project(built_project, tmp_path / "proj", dvc=True)
+    test_md5 = file_md5(proj / "data/prepared/test.pt")
+    obj = proj / ".dvc/cache/files/md5" / test_md5[:2] / test_md5[2:]
+    obj.chmod(0o644)
+    with open(obj, "r+b") as f:  # in place, as a disk error would
+        f.seek(obj.stat().st_size // 2)
+        f.write(b"\xff" * 64)
+    shutil.copyfile(obj, proj / "data/prepared/test.pt")  # what `dvc checkout` would restore
+    failed = run_stage(proj, "evaluate")
+    assert failed.returncode == 2
+    assert f"[evaluate] error: data/prepared/test.pt: md5 {file_md5(obj)}, but dvc.lock records {test_md5} " \
+           "for prepare's output" in failed.stderr
+    assert "Traceback" not in failed.stderr
+
+
+def test_inputs_rebuilt_by_hand_are_not_taken_for_damage(built_project, tmp_path):
+    # The teacher differs from dvc.lock, but its cache object is sound: a newer file, not a damaged one.
+    proj = copy_project(built_project, tmp_path / "proj", dvc=True)
+    set_param(proj, "teacher.lr", 0.05)
+    assert run_stage(proj, "train_teacher").returncode == 0
+    rebuilt = run_stage(proj, "evaluate")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+
+
+def gone(pid):
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # an orphan nobody reaped yet
+    except psutil.NoSuchProcess:
+        return True
+
+
+def stage_pid(proj, stage="train_teacher"):
+    return int((proj / f".resume/{stage}.lock").read_text().partition("@")[0])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL], ids=lambda s: s.name)
+def test_a_stage_stops_with_its_dvc_and_the_rerun_resumes(built_project, tmp_path, sig):
+    proj = copy_project(built_project, tmp_path / "proj", dvc=True)
+    set_param(proj, "teacher.epochs", 3)
+    hold, log = tmp_path / "hold", tmp_path / "dvc.log"
+    with open(log, "w") as out:  # not a pipe: the orphaned stage would block on a full one
+        dvc = subprocess.Popen(dvc_cmd("repro", "-s", "train_teacher"), cwd=proj, stdout=out, stderr=out,
+                               env=env(KD_HOLD_AFTER_EPOCH=f"1:{hold}", KD_TRACKING="1"), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not hold.exists() and dvc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert hold.exists(), log.read_text()
+        pid = stage_pid(proj)
+        os.kill(dvc.pid, sig)  # dvc alone, as `kill <pid of dvc>` does
+        dvc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while not gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert gone(pid), f"train_teacher (pid {pid}) still runs after its dvc got {sig.name}"
+    finally:
+        if dvc.poll() is None:
+            dvc.kill()
+    assert "[train_teacher] stopped: its dvc process" in log.read_text()
+    assert {r.info.status for r in mlflow_runs(proj)} == {"KILLED"}  # marked by the stage itself
+    assert len(resume_states(proj)) == 1
+    rerun = sh(dvc_cmd("repro", "-s", "train_teacher"), proj, env={"KD_TRACKING": "0"})
+    assert "resuming after epoch 1" in rerun.stdout + rerun.stderr
+    assert json.loads((proj / "metrics/teacher.json").read_text())["epochs"] == 3
+
+
+def test_a_second_run_of_a_running_stage_is_refused_naming_the_first(proj, tmp_path):
+    hold = tmp_path / "hold"
+    first = subprocess.Popen([sys.executable, "stages/train_teacher.py"], cwd=proj, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=env(KD_HOLD_AFTER_EPOCH=f"1:{hold}"))
+    try:
+        deadline = time.monotonic() + 240
+        while not hold.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert hold.exists()
+        second = run_stage(proj, "train_teacher")
+        assert second.returncode == 2
+        assert second.stderr.strip() == (f"[train_teacher] error: stage train_teacher is already running in this "
+                                         f"workspace (pid {first.pid}); wait for it to end, or stop it "
+                                         f"(`kill {first.pid}`) and rerun")
+        hold.unlink()
+        assert first.wait(timeout=240) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert run_stage(proj, "train_teacher").returncode == 0  # the lock went with the first process
+
+
+def test_a_resume_state_whose_outputs_dvc_holds_is_removed_when_a_stage_starts(built_project, tmp_path):
+    # A train_teacher killed before writing anything, with the params dvc.lock records: its
+    # outputs are in the workspace as dvc.lock has them (as after a run-cache restore).
+    proj = copy_project(built_project, tmp_path / "proj", dvc=True)
+    assert run_stage(proj, "train_teacher", KD_CRASH_AFTER_EPOCH="1").returncode == -9
+    other = proj / ".resume/train_teacher-0123456789abcdef.pt"  # of other inputs: kept for a rerun
+    other.write_bytes(b"state")
+    [state] = [p for p in resume_states(proj) if p != other]
+    evaluated = run_stage(proj, "evaluate")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"[evaluate] removed {state}: DVC holds that stage's outputs for those inputs" in evaluated.stdout
+    assert resume_states(proj) == [other]

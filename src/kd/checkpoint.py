@@ -9,6 +9,7 @@ from torch import nn
 from kd.datasets import ImageSpec, builtin_spec
 from kd.errors import UserError
 from kd.files import load_torch, save_torch
+from kd.locked_inputs import check_input
 from kd.models import build_model, head
 
 
@@ -37,6 +38,7 @@ def checkpoint_spec(ckpt: dict) -> ImageSpec:
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict]:
+    check_input(path)
     ckpt = load_torch(path)
     model = new_model(ckpt["arch"], checkpoint_spec(ckpt), **ckpt["kwargs"])
     model.load_state_dict(ckpt["state_dict"])

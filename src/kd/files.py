@@ -10,6 +10,7 @@ import re
 import shutil
 import tempfile
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,15 @@ def write_csv(path: str | Path, rows: list[dict]) -> None:
 
 
 def file_md5(path: str | Path) -> str:
+    # Memoised per process: a stage checks an input against dvc.lock, then records its md5
+    # (soft labels, MLflow lineage), and the CIFAR-10 training set alone is 150 MB. The key
+    # holds what any rewrite changes (atomic writes make a new inode), so it is never stale.
+    st = os.stat(path)
+    return _md5(os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _md5(path: str, inode: int, size: int, mtime_ns: int) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -217,6 +217,14 @@ class Params(_Strict):
             raise ValueError("teacher.epochs: 0 uses the teacher as teacher.init gives it, but teacher.init "
                              f"is {NO_INPUT} (none): name a weights file, or train for some epochs")
         d = self.data
+        if d.mirror == "":  # ambiguous: null (download) or the project root? Say which.
+            raise ValueError("data.mirror: '' names no directory; write null to always download, "
+                             "or the directory holding the mirror")
+        if dup := sorted({c for c in self.omit_classes if self.omit_classes.count(c) > 1}):
+            # Not deduplicated silently: DVC records the list as written, so [3, 3] and [3]
+            # would be two experiments with one result.
+            raise ValueError(f"omit_classes: {self.omit_classes} lists class {', '.join(map(str, dup))} "
+                             "more than once; list each class once")
         if d.dataset == FOLDER:
             if d.image_size is None:
                 raise ValueError("data.image_size: required for a folder dataset (images are resized to it), "
@@ -233,6 +241,11 @@ class Params(_Strict):
                 raise ValueError(f"data.val_size: {d.val_size} leaves no training images "
                                  f"({d.dataset} has {info.train_size})")
             num_classes, shape = info.num_classes, info.shape
+            for role in ("teacher", "student"):  # a folder's size is known only once prepared
+                size, images = getattr(self, role).batch_size, info.train_size - d.val_size
+                if size > images:  # every batch would be the whole set: almost surely a typo
+                    raise ValueError(f"{role}.batch_size: {size} is more than the {images} training images "
+                                     f"of {d.dataset}; at most {images}")
         for role in ("teacher", "student"):
             arch = getattr(self, role).arch
             if problem := input_problem(arch, shape, num_classes):
@@ -264,6 +277,17 @@ class Params(_Strict):
         if len(set(self.omit_classes)) >= num_classes:
             raise ValueError("omit_classes: omits every class; the student would have no data")
         return self
+
+
+# Far beyond any recipe (200-240 epochs for CIFAR), yet not wrong: a long run is
+# resumable epoch by epoch, so check_params only says so in one line.
+MANY_EPOCHS = 1000
+
+
+def unusual(params: Params) -> list[str]:
+    """One-line notes on values that are allowed but far outside anything usual."""
+    return [f"{role}.epochs: {getattr(params, role).epochs} is far beyond the usual (at most a few hundred); "
+            "training runs them all" for role in ("teacher", "student") if getattr(params, role).epochs > MANY_EPOCHS]
 
 
 def _folder_classes(path: str) -> int:

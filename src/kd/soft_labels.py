@@ -24,6 +24,7 @@ from kd.augment import Shifts, apply_shifts, draw_shifts
 from kd.device import autocast, inference_batch, prepare_model
 from kd.errors import UserError
 from kd.files import file_md5, load_torch, save_torch
+from kd.locked_inputs import check_input
 
 
 class StaleSoftLabelsError(UserError, RuntimeError):
@@ -122,6 +123,8 @@ def load_soft_labels(path: Path, *, teacher: Path, data: Path, n: int, params: d
     """The view cache (None in live mode), once the one check of it has passed: it was
     made from this teacher and this data, for `n` images, with the same values of every
     param it depends on (`params`: the current ones, flat; the file records its own)."""
+    for f in (path, teacher, data):  # the md5s recorded below are only as good as these files
+        check_input(f)
     blob = load_torch(path)
     for key, src in (("teacher_md5", teacher), ("data_md5", data)):
         if blob[key] != file_md5(src):

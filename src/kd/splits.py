@@ -7,6 +7,7 @@ import torch
 
 from kd.datasets import ImageSpec
 from kd.files import InputFileError, load_torch
+from kd.locked_inputs import check_input
 from kd.paths import PREPARED_META, split_file
 
 
@@ -15,12 +16,14 @@ def load_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
     Memory-mapped: batches read only the images they hold, so a prepared set larger
     than RAM still trains (from the page cache, or the disk)."""
+    check_input(split_file(split))
     blob = load_torch(split_file(split), mmap=True)
     return blob["x"], blob["y"]
 
 
 def load_spec() -> ImageSpec:
     """Classes, image shape, mean and std of the prepared data (data/prepared/meta.json)."""
+    check_input(PREPARED_META)
     try:
         return ImageSpec.from_json(json.loads(PREPARED_META.read_text()))
     except FileNotFoundError:

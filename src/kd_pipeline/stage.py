@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,11 +18,14 @@ from kd import distributed
 from kd.device import describe
 from kd.dvc_stage import dvc_stage, stage_outputs
 from kd.errors import UserError
-from kd.files import remove_stale_tmp, write_json
+from kd.files import OutputFileError, remove_stale_tmp, write_json
 from kd.params import Params, project_root
 from kd.paths import curve_file, metrics_file, model_file, split_file, timing_file
 from kd.splits import load_split
 from kd.stage_setup import check_params_unchanged, stage_device, start
+from kd_pipeline.finished_states import remove_finished_states
+from kd_pipeline.parent_watch import Stopped, ignore_further_stops, restore_signals, stop_on_signals, watch_dvc
+from kd_pipeline.stage_lock import hold_stage_lock
 from kd_pipeline.tracking import Tracker
 
 if TYPE_CHECKING:  # not a runtime import, so not a dep of every stage
@@ -65,11 +69,18 @@ def stage(name: str, *, ddp: bool = False):
     """Run a stage; with ddp=True it may train under torchrun (see kd.stage_setup.start)."""
     tag = f"{name} rank {distributed.rank()}" if distributed.launched() else name
     tracking = Tracker(name)
+    lock = None
+    handlers = stop_on_signals()  # SIGTERM, SIGHUP: end as KILLED below, the resume state kept
     try:
         params = start(name, ddp=ddp)
         if distributed.is_main():  # one MLflow run per stage, not one per rank
+            lock = hold_stage_lock(name)  # held until this process ends
+            watch_dvc()
             remove_leftovers(name)
+            for state in remove_finished_states(name, params):
+                print(f"[{name}] removed {state}: DVC holds that stage's outputs for those inputs", flush=True)
             tracking.start(params)  # never raises; a tracking failure only warns
+            check_outputs_writable(name)
         run = StageRun(name, params, stage_device(), tracking)
         if distributed.is_main():
             print(f"[{name}] device={describe(run.device)} processes={distributed.world_size()} "
@@ -91,11 +102,20 @@ def stage(name: str, *, ddp: bool = False):
         print(f"[{tag}] error: {e}", file=sys.stderr, flush=True)
         tracking.end("FAILED")
         sys.exit(2)
+    except Stopped as e:
+        ignore_further_stops()
+        tracking.end("KILLED")
+        print(f"[{tag}] stopped: {e.reason}; the next `dvc repro` resumes after the last finished epoch",
+              file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)
     except BaseException as e:
         tracking.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     finally:
         distributed.shutdown()
+        if lock:
+            lock.close()
+        restore_signals(handlers)  # a stage run in-process (the tests) leaves the caller's own
 
 
 def remove_leftovers(name: str) -> None:
@@ -106,3 +126,16 @@ def remove_leftovers(name: str) -> None:
         for tmp in remove_stale_tmp(d):
             print(f"[{name}] removed {tmp}, left by a killed run", flush=True)
 
+
+
+def check_outputs_writable(name: str) -> None:
+    """Every folder the stage writes into takes a file, checked before it trains for hours
+    rather than at its first write. (Where temp files go: beside each output.)"""
+    for folder in sorted({p.parent for p in stage_outputs(dvc_stage(name))}):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise OutputFileError(f"{folder}/: cannot write there ({e.strerror or e}), "
+                                  f"where stage {name} writes its outputs") from None

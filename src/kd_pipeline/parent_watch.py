@@ -1,0 +1,104 @@
+"""A stage ends with the dvc that started it.
+
+When `dvc repro` is stopped (SIGTERM, SIGHUP, SIGKILL), dvc exits at once and
+leaves its stage running as an orphan; the next `dvc repro` would then start the
+same stage again in the same workspace. So a stage started by DVC (DVC sets
+DVC_STAGE) watches its ancestors up to the dvc process (a shell, torchrun may sit
+between) and stops itself when one is gone, as if it got SIGTERM: the harness then
+ends it like any stopped run (MLflow run KILLED, resume state kept). A stage run
+by hand is left to its shell (`nohup` must keep working), which sends SIGHUP itself.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+POLL_SECONDS = 0.5
+
+
+class Stopped(KeyboardInterrupt):
+    """The stage was told to stop (a signal, or its dvc is gone): ended as KILLED, resumable.
+    A KeyboardInterrupt, so that code catching Exception does not swallow it."""
+
+    def __init__(self, reason: str, signum: int):
+        super().__init__(reason)
+        self.reason, self.signum = reason, signum
+
+
+_reason: str | None = None  # set by the watcher before it signals the main thread
+
+
+def stop_on_signals() -> dict:
+    """SIGTERM and SIGHUP raise Stopped in the main thread, so the stage ends cleanly;
+    returns the handlers they had."""
+    def handler(signum, _frame):
+        raise Stopped(_reason or f"stopped by {signal.Signals(signum).name}", signum)
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+
+def restore_signals(handlers: dict) -> None:
+    for sig, old in handlers.items():
+        signal.signal(sig, old)
+
+
+def ignore_further_stops() -> None:
+    """While the stage ends (MLflow, its message), a second signal must not cut that short."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def watch_dvc() -> None:
+    """Under DVC, stop this process when the dvc that started it (or a process between) is gone."""
+    if "DVC_STAGE" not in os.environ:
+        return
+    chain = _ancestors_up_to_dvc()
+    if chain:
+        threading.Thread(target=_watch, args=(chain,), name="kd-parent-watch", daemon=True).start()
+
+
+def _ancestors_up_to_dvc() -> list[tuple[int, float, str]]:
+    """(pid, start time, what it is) from the parent up to the first dvc process."""
+    import psutil  # a dependency of dvc
+
+    chain = []
+    try:
+        p = psutil.Process().parent()
+        while p is not None and p.pid > 1:
+            cmd = p.cmdline()
+            is_dvc = any(Path(t).name == "dvc" for t in cmd[:3])  # `dvc ...`, `python -m dvc ...`
+            chain.append((p.pid, p.create_time(), "its dvc process" if is_dvc else f"its parent {p.name()}"))
+            if is_dvc:
+                return chain
+            p = p.parent()
+    except psutil.Error:
+        pass
+    return chain[:1]  # no dvc among them (an odd launcher): the parent at least
+
+
+def _gone(pid: int, started: float) -> bool:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        # A killed dvc stays a zombie until whoever started it reaps it.
+        return abs(p.create_time() - started) >= 0.01 or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
+def _watch(chain: list[tuple[int, float, str]]) -> None:
+    global _reason
+    import time
+
+    while True:
+        for pid, started, what in chain:
+            if _gone(pid, started):
+                _reason = f"{what} (pid {pid}) is gone"
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+        time.sleep(POLL_SECONDS)
