@@ -175,6 +175,20 @@ def test_report_rows_hold_mean_std_and_the_papers_numbers(tmp_path):
     assert (out.parent / "poster" / "temperature.png").stat().st_size > 1000
 
 
+
+def test_reports_kept_from_earlier_code_stay_linked(tmp_path):
+    runs = [(Experiment("mnist-T20-s0", "mnist", "sweep", 0, {"temperature": 20, "seed": 0}),
+             {EVALUATION: evaluation(0.985, 0.991)})]
+    out = tmp_path / "reports" / "poster.md"
+    write_report(out, runs, header=["h"], temperatures=[20])
+    assert "## Earlier results" not in out.read_text()
+    kept = out.parent / "poster" / "earlier" / "2026-12-01-0f28fa3" / "poster.md"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("# old\n")
+    write_report(out, runs, header=["h"], temperatures=[20])
+    assert "- [2026-12-01-0f28fa3](poster/earlier/2026-12-01-0f28fa3/poster.md)" in out.read_text()
+    assert (REPO / "reports/poster/earlier/2026-12-01-0f28fa3/poster.md").is_file()  # the study's 71 runs
+
 # ---- the driver against a scripted `dvc` -------------------------------------------------
 
 FAKE_DVC = '''\

@@ -161,6 +161,7 @@ def write_report(path: Path, runs: list[Run], *, header: list[str], temperatures
         lines += ["## Not run", "", "These experiments failed or did not finish (`dvc queue logs <name>` "
                   "shows why): " + ", ".join(missing), ""]
     lines += report_cifar.machine_time(path.with_suffix("") / "machine-time.csv", commits)
+    lines += earlier_reports(path)
     lines += ["## Experiments", "", "`dvc exp show` lists them (on the commit they ran from); the rows above "
               "average these:", ""]
     lines += table(["experiment", "seed", "`-S` overrides of params.yaml"],
@@ -168,6 +169,17 @@ def write_report(path: Path, runs: list[Run], *, header: list[str], temperatures
     path.parent.mkdir(parents=True, exist_ok=True)
     plots(runs, temperatures, path.parent / "poster")
     path.write_text("\n".join(lines))
+
+
+def earlier_reports(path: Path) -> list[str]:
+    """Links to the reports kept verbatim under <report>/earlier/<date-commit>/ when their runs
+    stopped counting as current (code or params changed): a finished result is never dropped."""
+    kept = sorted((path.with_suffix("") / "earlier").glob("*/poster.md"))
+    if not kept:
+        return []
+    lines = ["## Earlier results", "", "Finished results of earlier code or designs, kept as they were "
+             "reported; each copy says what changed since and why:", ""]
+    return lines + [f"- [{p.parent.name}]({p.relative_to(path.parent).as_posix()})" for p in kept] + [""]
 
 
 def _overrides(e: Experiment) -> str:
