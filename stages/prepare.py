@@ -32,7 +32,7 @@ with stage("prepare") as run, scratch_dir(PREPARED_META.parent.parent) as scratc
             splits = {"train": train, "val": val, "test": (x_test[:], y_test)}
             spec = builtin_spec(p.dataset)
         for split, (x, y) in splits.items():
-            check_split(split, x, y, spec)
+            check_split(split, x, y, spec, empty_ok=split == "val" and p.val_size == 0)
     for split, (x, y) in splits.items():
         # torch.save writes a view's whole storage: a split sliced from all the images would hold them all.
         x = x.clone() if x.untyped_storage().nbytes() > x.nbytes else x

@@ -49,6 +49,8 @@ def test_split_is_seeded_disjoint_and_complete():
     assert sorted(tx.flatten().tolist() + vx.flatten().tolist()) == list(range(100))
     with pytest.raises(DataError, match="val_size"):
         split_train_val(x, y, 100, seed=0)
+    (tx, _), (vx, _) = split_train_val(x, y, 0, seed=0)  # no validation split: all train
+    assert len(vx) == 0 and sorted(tx.flatten().tolist()) == list(range(100))
 
 
 def test_check_split_rejects_wrong_shapes_and_labels():

@@ -281,6 +281,21 @@ def test_forced_rerun_gives_identical_metrics(project):
     assert {f: (proj / f).read_bytes() for f in files} == first
 
 
+def test_final_models_train_on_every_image_under_max_norm(project):
+    """data.val_size 0 (Hinton's final models): no validation split, val metrics null, and every
+    stage from prepare to export still runs, tracking on; in a temp workspace, leaving ours."""
+    proj, _ = project
+    sh([sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", "noval", "-S", "data.val_size=0",
+        "-S", "teacher.max_norm=3", "-S", "student.max_norm=3"], proj)
+    ref = next(r for r in sh(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], proj).stdout.split()
+               if r.endswith("/noval"))
+    teacher = json.loads(sh(["git", "show", f"{ref}:metrics/teacher.json"], proj).stdout)
+    assert teacher["val_acc"] is None and teacher["train_samples"] == 400  # max_train, none held out
+    evaluated = json.loads(sh(["git", "show", f"{ref}:metrics/evaluate.json"], proj).stdout)
+    assert 0.1 < evaluated["student"]["accuracy"] <= 1
+    assert json.loads(sh([sys.executable, "-m", "dvc", "status", "--json"], proj).stdout) == {}
+
+
 def test_an_edit_only_evaluate_uses_changes_only_evaluate(project):
     """Stage deps are the code each stage imports: ECE binning retrains nothing."""
     proj, _ = project

@@ -57,3 +57,27 @@ def test_divergence_names_epoch_and_batch_and_writes_no_state(toy_images, tmp_pa
     with pytest.raises(DivergedError, match=r"loss is (nan|inf) at epoch 1, batch \d+"):
         run(toy_images, cfg(lr=1e30, optimizer="sgd"), resume=state)
     assert not state.path.exists()
+
+
+def test_max_norm_bounds_every_hidden_unit_and_leaves_the_classifier(toy_images):
+    def norms(model):
+        layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        return [layer.weight.norm(dim=1) for layer in layers]
+
+    free, _ = run(toy_images, cfg(epochs=1, lr=0.5))
+    assert min(n.max().item() for n in norms(free)) > 0.3  # so the bound below binds on every layer
+    bound, history = run(toy_images, cfg(epochs=1, lr=0.5, max_norm=0.3))
+    *hidden, out = norms(bound)
+    assert all(n.max().item() <= 0.3 + 1e-5 for n in hidden)
+    assert out.max().item() > 0.3  # the output layer is not a hidden unit
+    assert history[-1]["val_acc"] > 0.5
+
+
+def test_without_a_validation_split_val_metrics_are_none(toy_images):
+    x, y = toy_images
+    c = cfg(epochs=1)
+    model = new_model(c.arch, "mnist", dropout=c.dropout)
+    history = fit(model, TensorBatches(x, y, c.batch_size, seed=0), (x[:0], y[:0]), LOSSES["ce"], c,
+                  device=CPU, precision="fp32")
+    assert history[0]["val_acc"] is None and history[0]["val_loss"] is None
+    assert history[0]["train_acc"] > 0

@@ -290,20 +290,24 @@ def builtin_spec(name: str) -> ImageSpec:
 
 
 def split_train_val(x, y: torch.Tensor, val_size: int, seed: int, max_train: int | None = None):
-    """Seeded split; then only the first max_train training images (smoke tests)."""
-    if not 0 < val_size < len(y):
-        raise DataError(f"data.val_size={val_size} must be between 1 and {len(y) - 1}")
+    """Seeded split; then only the first max_train training images (smoke tests).
+    val_size 0: an empty validation split, every image trains."""
+    if not 0 <= val_size < len(y):
+        raise DataError(f"data.val_size={val_size} must be between 0 and {len(y) - 1}")
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     val, train = perm[:val_size].sort().values, perm[val_size:].sort().values[:max_train]
     return (x[train], y[train]), (x[val], y[val])
 
 
-def check_split(name: str, x: torch.Tensor, y: torch.Tensor, info: DatasetInfo | ImageSpec) -> None:
+def check_split(name: str, x: torch.Tensor, y: torch.Tensor, info: DatasetInfo | ImageSpec,
+                empty_ok: bool = False) -> None:
     if x.dtype != torch.uint8 or tuple(x.shape[1:]) != info.shape:
         raise DataError(f"{name}: expected uint8 images of shape {info.shape}, got {x.dtype} {tuple(x.shape[1:])}")
     if len(x) != len(y):
         raise DataError(f"{name}: {len(x)} images but {len(y)} labels")
     if len(y) == 0:
+        if empty_ok:
+            return
         raise DataError(f"{name}: no images (give it a larger share, or more images)")
     if not (0 <= int(y.min()) and int(y.max()) < info.num_classes):
         raise DataError(f"{name}: labels outside 0..{info.num_classes - 1}")

@@ -105,6 +105,31 @@ def make_optimizer(model: nn.Module, cfg: TrainParams, steps: int):
 
 
 @torch.no_grad()
+def constrain_max_norm(model: nn.Module, radius: float) -> None:
+    """Project each hidden unit's incoming weights onto the L2 ball of `radius`. Hidden units:
+    every Linear and Conv layer's output units but the last layer's (the classifier), as in
+    Srivastava et al. (2014), who constrain hidden units only."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    for layer in layers[:-1]:
+        layer.weight.renorm_(2, 0, radius)
+
+
+@torch.no_grad()
+def val_metrics(model: nn.Module, val: tuple[torch.Tensor, torch.Tensor], *, device: torch.device,
+                precision: str) -> dict:
+    """Loss and accuracy on the validation split; None for both without one (data.val_size 0)."""
+    if not len(val[1]):
+        return {"val_loss": None, "val_acc": None}
+    logits = predict(model, val[0], device=device, precision=precision)
+    return {"val_loss": torch.nn.functional.cross_entropy(logits, val[1]).item(),
+            "val_acc": (logits.argmax(1) == val[1]).float().mean().item()}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@torch.no_grad()
 def evaluate_as_is(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
                    loss_fn: Callable[[torch.Tensor, dict], torch.Tensor], *, device: torch.device,
                    precision: str) -> dict:
@@ -113,13 +138,11 @@ def evaluate_as_is(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], v
     model.to(device)
     t0 = time.perf_counter()
     train_logits = predict(model, train[0], device=device, precision=precision)
-    val_logits = predict(model, val[0], device=device, precision=precision)
     return {
         "epoch": 0,
         "train_loss": loss_fn(train_logits, {"y": train[1]}).item(),
         "train_acc": (train_logits.argmax(1) == train[1]).float().mean().item(),
-        "val_loss": torch.nn.functional.cross_entropy(val_logits, val[1]).item(),
-        "val_acc": (val_logits.argmax(1) == val[1]).float().mean().item(),
+        **val_metrics(model, val, device=device, precision=precision),
         "seconds": time.perf_counter() - t0,
     }
 
@@ -179,24 +202,24 @@ def fit(
             loss.backward()
             opt.step()
             sched.step()
+            if cfg.max_norm is not None:
+                constrain_max_norm(model, cfg.max_norm)
             n = len(batch["y"])
             total += loss.item() * n
             correct += (logits.argmax(1) == batch["y"]).sum().item()
             seen += n
         total, correct, seen = distributed.sum_all([total, correct, seen], device)
-        val_logits = predict(model, val[0], device=device, precision=precision)
         row = {
             "epoch": epoch + 1,
             "train_loss": total / seen,
             "train_acc": correct / seen,
-            "val_loss": torch.nn.functional.cross_entropy(val_logits, val[1]).item(),
-            "val_acc": (val_logits.argmax(1) == val[1]).float().mean().item(),
+            **val_metrics(model, val, device=device, precision=precision),
             "seconds": time.perf_counter() - t0,
         }
         history.append(row)
         if main:
             print(f"epoch {row['epoch']:3d}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  "
-                  f"train_acc {row['train_acc']:.4f}  val_acc {row['val_acc']:.4f}  {row['seconds']:.1f}s",
+                  f"train_acc {row['train_acc']:.4f}  val_acc {_fmt(row['val_acc'])}  {row['seconds']:.1f}s",
                   flush=True)
         if resume and main:
             resume.save({"model": model.state_dict(), "optimizer": opt.state_dict(),

@@ -85,7 +85,9 @@ class DataParams(_Strict):
     path: InputPath = NO_INPUT
     # dataset: folder: images are resized to this square once, in prepare.
     image_size: int | None = Field(None, ge=8, le=1024)
-    val_size: Share = 5000
+    # 0 (mnist, cifar10): no validation split, every training image trains; for final
+    # models whose settings were chosen on a run with a validation split (Hinton et al.).
+    val_size: Annotated[int, Field(ge=0)] | Annotated[float, Field(gt=0, lt=1)] = 5000
     # dataset: folder without a test/ folder: the test share, carved like val_size.
     test_size: Share = 0.2
     # Separate from `seed` so a seed sweep trains new models on the same split.
@@ -110,6 +112,9 @@ class TrainParams(_Strict):
     # Random translation by up to this many pixels (Hinton's "jitter").
     jitter: int = Field(0, ge=0)
     flip: bool = False
+    # Max-norm (Srivastava et al. 2014): after every step, each hidden unit's incoming weight
+    # vector is scaled back onto the L2 ball of this radius (null: no constraint).
+    max_norm: float | None = Field(None, gt=0)
     # auto: bf16 where the hardware computes in bf16 (CUDA with bf16, a CPU with
     # AVX512_BF16 or AMX), fp32 elsewhere; bf16 is emulated, and slower, on AVX2.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -229,12 +234,18 @@ class Params(_Strict):
             if d.image_size is None:
                 raise ValueError("data.image_size: required for a folder dataset (images are resized to it), "
                                  "e.g. 32, 64, 96, 128 or 224")
+            if d.val_size == 0:
+                raise ValueError("data.val_size: 0 is for mnist and cifar10; a folder dataset keeps a "
+                                 "validation split (a count of images or a fraction)")
             num_classes, shape = _folder_classes(d.path), (3, d.image_size, d.image_size)
         else:
             info = DATASETS[d.dataset]
             if d.image_size is not None and (d.image_size,) * 2 != info.shape[1:]:
                 raise ValueError(f"data.image_size: {d.image_size}, but {d.dataset} images are "
                                  f"{info.shape[1]}x{info.shape[2]} and only folder datasets are resized; use null")
+            if d.val_size == 0 and self.omit_classes:
+                raise ValueError("data.val_size: 0 leaves no validation split, and with omit_classes "
+                                 "the evaluation fits its bias fix on it; keep a validation split")
             if not isinstance(d.val_size, int):
                 raise ValueError(f"data.val_size: {d.val_size} is a fraction; {d.dataset} takes a count of images")
             if d.val_size >= info.train_size:

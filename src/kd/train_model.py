@@ -75,7 +75,8 @@ def train_model(ctx: StageContext, role: str, cfg: TrainParams, data: tuple[torc
         write_csv(curve_file(role), [{k: v for k, v in h.items() if k != "seconds"} for h in history])
         last = history[-1]
         write_json(metrics_file(role), {
-            "val_acc": round(last["val_acc"], 6), "val_loss": round(last["val_loss"], 6),
+            # None without a validation split (data.val_size 0)
+            **{k: None if last[k] is None else round(last[k], 6) for k in ("val_acc", "val_loss")},
             "train_acc": round(last["train_acc"], 6),
             "epochs": cfg.epochs, "train_samples": len(y),
             # Results are bit-identical only on the same kind of CPU/GPU and precision.

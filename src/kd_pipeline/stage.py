@@ -60,8 +60,9 @@ class StageRun:
         self.tracking.log_artifact(curve_file(role), "curves")
         dataset = self.params.data.dataset  # lineage: the splits it learnt from, by DVC md5
         self.tracking.log_data_input(split_file("train"), f"{dataset}-train", "training")
-        self.tracking.log_data_input(split_file("val"), f"{dataset}-val", "validation")
-        self.tracking.log_model(model, role, load_split("val")[0][:4], file=model_file(role))
+        if summary["val_acc"] is not None:  # data.val_size 0: there is none
+            self.tracking.log_data_input(split_file("val"), f"{dataset}-val", "validation")
+        self.tracking.log_model(model, role, load_split("test")[0][:4], file=model_file(role))
 
 
 @contextmanager

@@ -190,7 +190,8 @@ class Tracker(LineageMixin):
     def log_epoch(self, row: dict) -> None:
         """fit()'s on_epoch callback: the curves, live, with step = epoch."""
         if self.active and row["epoch"] not in self._epochs_logged:
-            self.log_metrics({k: v for k, v in row.items() if k not in ("epoch", "seconds")}, step=row["epoch"])
+            self.log_metrics({k: v for k, v in row.items() if k not in ("epoch", "seconds") and v is not None},
+                             step=row["epoch"])
             self._epochs_logged.add(row["epoch"])
 
     def log_history(self, history: list[dict]) -> None:

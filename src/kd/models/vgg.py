@@ -36,7 +36,7 @@ def vgg13(**kw) -> nn.Module:
 
 @register("vgg8")
 def vgg8(**kw) -> nn.Module:
-    """Six conv layers, 16-128 channels: the CPU profile's small VGG."""
+    """Seven conv layers (16, 16, 32, 32, 64, 64, 128 channels) and one linear: the CPU profile's small VGG."""
     return vgg([16, 16, M, 32, 32, M, 64, 64, M, 128, M], **kw)
 
 
