@@ -41,12 +41,12 @@ def test_the_methods_list():
     tuning = plan(REPO, ["methods"])["methods"]
     names = [e.name for e in tuning]
     assert len(names) == len(set(names)) == 3 * 5 * 4  # pair-budgets x methods x settings
-    assert {e.seed for e in tuning} == {0} and {e.part for e in tuning} == {"methods"}
-    assert "methods-mnist-dkd-b4-s0" in names and "methods-hetero-e30-dist-g2-s0" in names
-    assert all(re.fullmatch(r"methods-(mnist|hetero-e10|hetero-e30)-(kd|kdls|dkd|dkdls|dist)-[Tbg][0-9.]+-s0", n)
+    assert {e.seed for e in tuning} == {100} and {e.part for e in tuning} == {"methods"}
+    assert "methods-mnist-dkd-b4-s100" in names and "methods-hetero-e30-dist-g2-s100" in names
+    assert all(re.fullmatch(r"methods-(mnist|hetero-e10|hetero-e30)-(kd|kdls|dkd|dkdls|dist)-[Tbg][0-9.]+-s100", n)
                for n in names)
     # The design's table: the 4 settings of each method.
-    mnist = {e.name.removeprefix("methods-mnist-").removesuffix("-s0"): e.overrides for e in tuning
+    mnist = {e.name.removeprefix("methods-mnist-").removesuffix("-s100"): e.overrides for e in tuning
              if e.name.startswith("methods-mnist-")}
     assert [mnist[f"kd-T{t}"]["temperature"] for t in (2, 4, 8, 20)] == [2, 4, 8, 20]
     assert all(mnist[f"kdls-T{t}"]["method.kd.logit_std"] is True for t in (1, 2, 4, 8))
@@ -77,18 +77,17 @@ def test_phase_two_runs_the_other_seeds_at_the_chosen_settings():
     assert len(chosen) == 15 and all(re.search(r"-(T2|T1|b1|g0.5)$", s) for s in chosen.values())
     seeded = methods_seeds(REPO, chosen)
     names = [e.name for e in seeded]
-    # Seed 0 of a chosen setting is its tuning run (the same name and params), so phase 2 adds seeds 1-4:
-    # 60 + 60 = the design's 120 student trainings.
-    assert len(names) == len(set(names)) == 3 * 5 * 4 and not set(names) & {e.name for e in tuning}
-    assert {e.seed for e in seeded} == {1, 2, 3, 4}
+    # No tuning run is an evaluation run (#33): phase 2 runs seeds 0-4 afresh, 60 + 75 student trainings.
+    assert len(names) == len(set(names)) == 3 * 5 * 5 and not set(names) & {e.name for e in tuning}
+    assert {e.seed for e in seeded} == {0, 1, 2, 3, 4} and {e.seed for e in tuning} == {100}
     assert "methods-hetero-e30-dist-g0.5-s3" in names
     by_name = {e.name: e for e in tuning}
     for e in seeded:
-        twin = by_name[e.name.rsplit("-s", 1)[0] + "-s0"]
+        twin = by_name[e.name.rsplit("-s", 1)[0] + "-s100"]
         assert e.overrides == {**twin.overrides, "seed": e.seed}
     # Pair-budget by pair-budget, then seed by seed: MNIST's results are complete first.
-    assert [e.name.split("-")[1] for e in seeded[:20]] == ["mnist"] * 20
-    assert [e.seed for e in seeded[:10]] == [1] * 5 + [2] * 5
+    assert [e.name.split("-")[1] for e in seeded[:25]] == ["mnist"] * 25
+    assert [e.seed for e in seeded[:10]] == [0] * 5 + [1] * 5
 
 
 def test_the_choice_is_by_validation_ties_go_to_the_first_and_a_method_waits_for_its_4_runs():
@@ -106,7 +105,7 @@ def test_the_choice_is_by_validation_ties_go_to_the_first_and_a_method_waits_for
     for pair in METHOD_PAIRS:
         for t, setting in best.items():
             assert chosen[f"tune-{pair}-{t}"] == f"methods-{pair}-{t}-{setting}"
-    unfinished = [(e, None if e.name == "methods-hetero-e10-dist-g1-s0" else m) for e, m in runs]
+    unfinished = [(e, None if e.name == "methods-hetero-e10-dist-g1-s100" else m) for e, m in runs]
     partial = choose_methods(unfinished)
     assert "tune-hetero-e10-dist" not in partial and len(partial) == 14
     assert not any(e.name.startswith("methods-hetero-e10-dist") for e in methods_seeds(REPO, partial))
@@ -137,10 +136,10 @@ CHOSEN = {"kd": "T4", "kdls": "T2", "dkd": "b8", "dkdls": "b1", "dist": "g1"}
 
 def fake_metrics(e) -> dict:
     setting = e.name.rsplit("-", 2)[1]
-    base = 0.90 + e.seed / 100
+    base = 0.90 + e.seed % 5 / 100
     return {STUDENT: {"val_acc": 0.9 if setting == CHOSEN[tag(e)] else 0.8},
             EVALUATION: {"baseline": {"accuracy": base},
-                         "student": {"accuracy": base + GAIN[tag(e)] + NOISE[tag(e)][e.seed]}}}
+                         "student": {"accuracy": base + GAIN[tag(e)] + NOISE[tag(e)][e.seed % 5]}}}
 
 
 def study(finish=lambda e: True) -> list:
@@ -160,8 +159,8 @@ def test_the_section_with_every_run_finished(tmp_path):
     text = out.read_text()
     tables_are_square(text)
     section = text.split("## Distillation methods on the pipeline's pairs")[1].split("\n## ")[0]
-    assert "phase 1 (tuning, seed 0): 60 of 60 runs finished; phase 2 (seeds 1, 2, 3, 4 at the chosen " \
-           "settings): 60 of 60 runs finished" in section
+    assert "phase 1 (tuning, seed 100): 60 of 60 runs finished; phase 2 (seeds 0, 1, 2, 3, 4 at the chosen " \
+           "settings): 75 of 75 runs finished" in section
     assert "not yet" not in section and "not decided" not in section
     mnist = section.split("### MNIST")[1].split("###")[0]
     assert "| dkd | beta=1: 80.00 | beta=2: 80.00 | beta=4: 80.00 | **beta=8: 90.00** |" in mnist
@@ -199,11 +198,11 @@ def test_the_holm_adjustment_is_over_the_9_comparisons_of_a_pair_budget():
 def test_unfinished_runs_are_named_not_shown_as_results(tmp_path):
     # 12 tuning runs: all of MNIST's kd, kdls and dkd settings; nothing else.
     first = {f"methods-mnist-{t}-" for t in ("kd", "kdls", "dkd")}
-    runs = study(lambda e: e.seed == 0 and any(e.name.startswith(p) for p in first))
+    runs = study(lambda e: e.seed in (0, 100) and any(e.name.startswith(p) for p in first))
     text = "\n".join(methods_section(runs))
     tables_are_square(text + "\n")
-    assert "phase 1 (tuning, seed 0): 12 of 60 runs finished; phase 2 (seeds 1, 2, 3, 4 at the chosen " \
-           "settings): 0 of 60 runs finished" in text
+    assert "phase 1 (tuning, seed 100): 12 of 60 runs finished; phase 2 (seeds 0, 1, 2, 3, 4 at the chosen " \
+           "settings): 3 of 75 runs finished" in text
     assert text.count("Results: not yet") == 3 and "true-label student |" not in text
     assert "Results: not yet. Phase 1: 12 of 20 tuning runs finished; no setting chosen yet for dkd + ls, dist: " \
            "a method chooses once its 4 tuning runs have finished; seeds finished at the chosen setting: kd 1 of 5, " \
@@ -242,8 +241,8 @@ def test_the_driver_plans_the_part_and_reports_what_is_missing(fake, capsys):  #
     assert "- methods mnist tuning: 0 of 20 experiments finished (report only)" in report
     assert "- methods hetero-e30 tuning: 0 of 20 experiments finished (report only)" in report
     assert "Seeds [0, 1, 2, 3, 4]: every mean" in report
-    assert "phase 1 (tuning, seed 0): 0 of 60 runs finished" in report
-    assert "methods-hetero-e30-dist-g4-s0" in report.split("## Not run")[1]
+    assert "phase 1 (tuning, seed 100): 0 of 60 runs finished" in report
+    assert "methods-hetero-e30-dist-g4-s100" in report.split("## Not run")[1]
     assert dvc_calls("exp", "run") == []
     # A time limit: nothing starts, and what is left is said.
     assert run_poster(["--parts", "methods", "--hours", "0"]) == 1

@@ -109,7 +109,7 @@ def main(argv=None) -> int:
                 # Pair-budget by pair-budget (MNIST first: cheap), each in the CIFAR study's two phases.
                 for pair in experiments.METHOD_PAIRS:
                     tuning = experiments.of_pair(exps, pair)
-                    done = phase("methods", tuning, f"{pair} tuning")  # 5 methods x 4 settings, seed 0
+                    done = phase("methods", tuning, f"{pair} tuning")  # 5 methods x 4 settings, the tuning seed
                     picked = experiments.choose_methods(
                         [(e, done[e.name].metrics if e.name in done else None) for e in tuning])
                     phase("methods", experiments.methods_seeds(root, picked, method_seeds, args.profile, (pair,)),

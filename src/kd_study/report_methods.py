@@ -194,10 +194,9 @@ def methods_section(runs: list[Run], seeds=METHOD_SEEDS, machine_log: Path | Non
     runs = _methods(runs)
     seeds = tuple(seeds)
     tuning = [(e, m) for e, m in runs if e.kind.startswith("tune-")]
-    later = [s for s in seeds if s != TUNE_SEED]
     seeded = [(e, m) for e, m in runs if not e.kind.startswith("tune-")]
     n_tuning = len(METHOD_PAIRS) * len(METHODS) * 4
-    n_seeded = len(METHOD_PAIRS) * len(METHODS) * len(later)
+    n_seeded = len(METHOD_PAIRS) * len(METHODS) * len(seeds)
     results = {pair: pair_results(runs, pair, seeds) for pair in METHOD_PAIRS}
     done = all(r["complete"] for r in results.values())
     lines = ["## Distillation methods on the pipeline's pairs (issue #32)", "",
@@ -205,21 +204,21 @@ def methods_section(runs: list[Run], seeds=METHOD_SEEDS, machine_log: Path | Non
              "true-label student, by more than seed noise? The design, written before the runs: "
              "[docs/methods-study.md](../docs/methods-study.md). Pairs: MNIST's default pair, and CIFAR-10's "
              f"vgg8 -> resnet8 (`profiles/cifar10-cpu.yaml`, the CIFAR-10 study's {STUDY_TEACHER_EPOCHS}-epoch "
-             "teacher) at 10 and 30 student epochs. Each method's 4 settings run at seed 0 and the best by the "
-             "distilled student's validation accuracy is chosen (ties: the first); it then runs at seeds "
-             f"{', '.join(map(str, seeds))} (seed 0 is its tuning run), beside the true-label student of the same "
-             "seeds. Test accuracy is the mean with its 95% t-interval; gains are paired by seed, with their 95% "
+             "teacher) at 10 and 30 student epochs. Each method's 4 settings run at the tuning seed "
+             f"{TUNE_SEED} and the best by the distilled student's validation accuracy is chosen (ties: the first); "
+             f"it then runs at seeds {', '.join(map(str, seeds))} (no tuning run is reused as an evaluation run), "
+             "beside the true-label student of the same seeds. Test accuracy is the mean with its 95% t-interval; gains are paired by seed, with their 95% "
              "t-interval, the paired t-test's p and, in brackets, Holm's adjustment over the 9 comparisons of a "
              "pair-budget (4 methods against kd, 5 against the true-label student). A method **beats** another "
              f"when the Holm-adjusted p < {LEVEL:g} and the interval excludes 0 (bold).", ""]
-    status = (f"**Status: phase 1 (tuning, seed 0): {len(finished(tuning))} of {n_tuning} runs finished; "
-              f"phase 2 (seeds {', '.join(map(str, later)) or 'none'} at the chosen settings): "
+    status = (f"**Status: phase 1 (tuning, seed {TUNE_SEED}): {len(finished(tuning))} of {n_tuning} runs "
+              f"finished; phase 2 (seeds {', '.join(map(str, seeds))} at the chosen settings): "
               f"{len(finished(seeded))} of {n_seeded} runs finished.**")
     lines += [status + ("" if done else " Results are shown only for a pair-budget whose runs have all "
                                         "finished; the others say what is missing."), ""]
     for pair, r in results.items():
         lines += [f"### {pair_label(pair)}", "",
-                  "Tuning: the distilled student's validation accuracy % at seed 0 (bold: chosen).", ""]
+                  f"Tuning: the distilled student's validation accuracy % at seed {TUNE_SEED} (bold: chosen).", ""]
         lines += tuning_table(runs, pair, r["chosen"])
         if r["complete"]:
             lines += [f"Test accuracy over seeds {', '.join(map(str, seeds))}:", ""] + results_table(r)
