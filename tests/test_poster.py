@@ -17,7 +17,9 @@ from conftest import PROJECT_FILES, REPO, need_mirror, sh
 from kd.paths import metrics_file
 from kd_study import dvc_exps, poster
 from kd_study.experiments import Experiment, PosterError, profile_overrides
-from kd_study.experiments import BUDGETS, STUDY_TEACHER_EPOCHS, TEACHER_EPOCHS, choose, plan, study_runs
+from kd_study.experiments import (BUDGETS, CIFAR_SEEDS, STUDY_TEACHER_EPOCHS, WEAK_TEACHER_EPOCHS, choose,
+                                  choose_hinton_student, choose_hinton_teacher, choose_teachers, hinton_final,
+                                  hinton_students, plan, reversed_tuning_runs, study_runs)
 from kd_study.report import verdict, write_report
 from kd_study.runs import gain_test, pct
 
@@ -45,96 +47,134 @@ def test_the_poster_list():
     by_part = plan(REPO)
     exps = [e for part in by_part.values() for e in part]
     names = [e.name for e in exps]
-    # cifar phase 1: 2 teachers x 4 lengths (the 80-epoch study teacher, 160 its plateau check), 2 x 6 grid points, 3 smoothing;
+    # hinton phase 1: 3 teacher lengths; cifar phase 1: 6 vgg5 candidates and the vgg8 teacher, 3
+    # true-label students, 2 x 6 grid points (reversed's waits for its teacher), 3 smoothing;
     # methods phase 1: 3 pair-budgets x 5 methods x 4 settings
-    assert len(names) == len(set(names)) == 21 + 3 + 2 * len(TEACHER_EPOCHS) + 2 * 6 + 3 + 3 * 5 * 4
+    assert len(names) == len(set(names)) == 21 + 3 + (6 + 1 + 3 + 12 + 3) + 3 * 5 * 4
     mnist = by_part["mnist"]
     assert {e.overrides["temperature"] for e in mnist if e.kind == "sweep"} == {1, 2, 4, 8, 20, 50}
     assert all(e.overrides.get("omit_classes") == [3] for e in mnist if e.kind == "omit")
-    hinton = by_part["hinton"]
-    assert {e.seed for e in hinton} == {0, 1, 2}
-    assert all(e.overrides["teacher.dropout"] == 0.5 and e.overrides["teacher.input_dropout"] == 0.2 for e in hinton)
-    # Every comparison over >= 3 seeds; no override touches the teacher's seed, so seeds share teachers.
-    for kind in {e.kind for e in mnist + hinton}:
+    for kind in {e.kind for e in mnist}:  # every MNIST comparison over >= 3 seeds
         assert len({e.seed for e in exps if e.kind == kind}) >= 3
+    # No phase-1 run sets the teacher's seed: they share one teacher per setting.
     assert not any("teacher.seed" in e.overrides for e in exps)
 
 
-def test_the_cifar_study_tunes_on_validation_then_runs_every_budget_and_seed():
+def test_the_hinton_study_chooses_on_validation_then_trains_on_every_image():
+    tuning = plan(REPO, ["hinton"])["hinton"]
+    assert [e.overrides["teacher.epochs"] for e in tuning] == [150, 300, 600]
+    assert all(e.targets == ("train_teacher",) and e.seed == 100 for e in tuning)
+    assert all(e.overrides["teacher.dropout"] == 0.5 and e.overrides["teacher.input_dropout"] == 0.2
+               and e.overrides["teacher.max_norm"] == 3.5 for e in tuning)
+    teacher, student = metrics_file("teacher").as_posix(), metrics_file("student").as_posix()
+    val = {150: 0.990, 300: 0.992, 600: 0.992}  # ties go to the shorter
+    assert choose_hinton_teacher([(e, None) for e in tuning]) is None
+    assert choose_hinton_teacher([(e, {teacher: {"val_acc": val[e.overrides["teacher.epochs"]]}})
+                                  for e in tuning]) == 300
+    grid = [Experiment(f"{s.name}-s100", "hinton", s.kind, 100, s.overrides) for s in hinton_students(REPO, 300)]
+    assert {(e.overrides["alpha"], e.overrides["student.epochs"]) for e in grid} == {(0.5, 20), (0.5, 60),
+                                                                                     (0.9, 20), (0.9, 60)}
+    assert all(e.overrides["teacher.epochs"] == 300 and e.overrides["temperature"] == 20 for e in grid)
+    picked = choose_hinton_student([(e, {student: {"val_acc": 0.99 + (e.overrides["alpha"] == 0.9) / 1000}})
+                                    for e in grid])
+    assert picked == {"teacher.epochs": 300, "alpha": 0.9, "student.epochs": 20}
+    (final,) = hinton_final(REPO, picked)
+    assert final.overrides["data.val_size"] == 0 and final.overrides["teacher.max_norm"] == 3.5
+    assert {k: final.overrides[k] for k in picked} == picked
+
+
+STUDENT_M, BASELINE_M, TEACHER_M = (metrics_file(r).as_posix() for r in ("student", "baseline", "teacher"))
+BASE_VAL = {5: 0.72, 10: 0.80, 30: 0.86}                    # the true-label vgg8 student's validation accuracy
+
+
+def tuning_metrics(e):
+    """vgg5 teachers improve with epochs; grids prefer T=8, alpha 0.5 on validation (never test)."""
+    if e.kind == "teacher":
+        return {TEACHER_M: {"val_acc": 0.70 + e.overrides["teacher.epochs"] / 400}}
+    if e.kind == "base":
+        return {BASELINE_M: {"val_acc": BASE_VAL[e.overrides["student.epochs"]]}}
+    good = e.overrides.get("temperature") == 8 and e.overrides.get("alpha") == 0.5
+    return {STUDENT_M: {"val_acc": 0.9 if good else 0.8},
+            BASELINE_M: {"val_acc": 0.7 + e.overrides.get("baseline.label_smoothing", 0)},
+            EVALUATION: {"student": {"accuracy": 0.1 if good else 0.99}}}
+
+
+def test_the_cifar_study_picks_a_weaker_teacher_tunes_on_validation_then_runs_10_seeds_2_teachers():
     tuning = plan(REPO, ["cifar"])["cifar"]
-    assert {e.seed for e in tuning} == {0}
+    assert {e.seed for e in tuning} == {100}  # the tuning seed is no evaluation seed
     teachers = [e for e in tuning if e.kind == "teacher"]
     assert {(e.overrides["teacher.arch"], e.overrides["teacher.epochs"]) for e in teachers} == {
-        (a, n) for a in ("vgg5", "vgg8") for n in TEACHER_EPOCHS}
+        *(("vgg5", n) for n in WEAK_TEACHER_EPOCHS), ("vgg8", STUDY_TEACHER_EPOCHS)}
     assert all(e.targets == ("train_teacher",) for e in teachers)
-    assert len([e for e in tuning if e.kind == "grid-self"]) == len([e for e in tuning if e.kind == "grid-reversed"]) == 6
-    # Validation accuracy picks; test accuracy (evaluate.json) must not matter.
-    student, baseline = metrics_file("student").as_posix(), metrics_file("baseline").as_posix()
-
-    def metrics(e):
-        good = e.overrides.get("temperature") == 8 and e.overrides.get("alpha") == 0.5
-        return {student: {"val_acc": 0.9 if good else 0.8},
-                baseline: {"val_acc": 0.7 + e.overrides.get("baseline.label_smoothing", 0)},
-                EVALUATION: {"student": {"accuracy": 0.1 if good else 0.99}}}
-    runs = [(e, metrics(e)) for e in tuning]
+    assert all(e.targets == ("train_baseline",) for e in tuning if e.kind == "base")
+    assert {e.kind for e in tuning if "-T" in e.name} == {"grid-self", "grid-hetero"}
+    runs = [(e, tuning_metrics(e)) for e in tuning]
+    # The longest-trained vgg5 at least 0.5 points below the student on validation, per budget.
+    weak = choose_teachers(runs)
+    assert weak == {5: 5, 10: 20, 30: 40}
+    assert choose_teachers([(e, None if e.name == "cifar-teacher-vgg5-e3-s100" else m) for e, m in runs]) == {}
+    more = reversed_tuning_runs(REPO, weak)
+    assert len(more) == 6 and {e.overrides["teacher.epochs"] for e in more} == {20}
+    runs += [(e, tuning_metrics(e)) for e in more]
     chosen = choose(runs)
-    assert chosen == {"reversed": {"temperature": 8, "alpha": 0.5}, "self": {"temperature": 8, "alpha": 0.5},
-                      "smooth": {"baseline.label_smoothing": 0.2}}
+    assert chosen == {kind: {"temperature": 8, "alpha": 0.5} for kind in ("reversed", "self", "hetero")} | {
+        "smooth": {"baseline.label_smoothing": 0.2}}
     # An unfinished grid point: that family waits, the others go on.
-    partial = [(e, None if e.name == "cifar-self-e10-T2-a0.5-s0" else m) for e, m in runs]
-    assert set(choose(partial)) == {"reversed", "smooth"}
-    assert {e.kind for e in study_runs(REPO, choose(partial))} == {"reversed"}
+    partial = [(e, None if e.name == "cifar-self-e10-T2-a0.5-s100" else m) for e, m in runs]
+    assert set(choose(partial)) == {"reversed", "hetero", "smooth"}
 
-    study = study_runs(REPO, chosen)
-    # Every study run shares one teacher per arch; its doubled twin only checks the plateau.
-    assert {e.overrides["teacher.epochs"] for e in study} == {STUDY_TEACHER_EPOCHS}
-    assert 2 * STUDY_TEACHER_EPOCHS in TEACHER_EPOCHS
-    for kind in ("reversed", "self"):
+    study = study_runs(REPO, chosen, weak)
+    assert {e.seed for e in study} == set(CIFAR_SEEDS) == set(range(10))
+    assert all(e.overrides["teacher.seed"] == e.seed % 2 for e in study)  # 2 teachers, 5 students each
+    for kind in ("reversed", "self", "hetero"):
         assert {(e.overrides["student.epochs"], e.seed) for e in study if e.kind == kind} == {
-            (b, s) for b in BUDGETS for s in (0, 1, 2)}
-        assert all(e.overrides["temperature"] == 8 for e in study if e.kind == kind)
-    assert max(BUDGETS) >= 6 * min(BUDGETS) and len(BUDGETS) >= 3
+            (b, s) for b in BUDGETS for s in CIFAR_SEEDS}
+    assert {(e.overrides["student.epochs"], e.overrides["teacher.epochs"]) for e in study if e.kind == "reversed"} \
+        == {(5, 5), (10, 20), (30, 40)}
+    assert {e.overrides["teacher.epochs"] for e in study if e.kind != "reversed"} == {STUDY_TEACHER_EPOCHS}
     smooth = [e for e in study if e.kind == "smooth"]
-    hetero = [e for e in study if e.kind == "hetero"]
-    assert {e.seed for e in smooth} == {e.seed for e in hetero} == {0, 1, 2}
-    assert all(e.overrides["student.epochs"] == max(BUDGETS) for e in smooth + hetero)
+    assert {e.seed for e in smooth} == set(CIFAR_SEEDS) and all(e.overrides["student.epochs"] == 30 for e in smooth)
     # The smoothing run differs from self-KD's run of the same seed only in what train_baseline reads,
     # so its distilled student comes from the run-cache.
-    self30 = {e.seed: e.overrides for e in study if e.kind == "self" and e.overrides["student.epochs"] == max(BUDGETS)}
+    self30 = {e.seed: e.overrides for e in study if e.kind == "self" and e.overrides["student.epochs"] == 30}
     for e in smooth:
         assert {k: v for k, v in e.overrides.items() if k != "baseline.label_smoothing"} == self30[e.seed]
-    assert (hetero[0].overrides["teacher.arch"], hetero[0].overrides["student.arch"]) == ("vgg8", "resnet8")
+    hetero = next(e for e in study if e.kind == "hetero")
+    assert (hetero.overrides["teacher.arch"], hetero.overrides["student.arch"]) == ("vgg8", "resnet8")
+    # No candidate weaker than the 5-epoch student: reversed KD is not run at 5 epochs.
+    assert not [e for e in study_runs(REPO, chosen, {**weak, 5: None})
+                if e.kind == "reversed" and e.overrides["student.epochs"] == 5]
 
 
-def test_the_study_report_gives_intervals_and_verdicts(tmp_path):
+def test_the_study_report_gives_intervals_holm_teachers_and_verdicts(tmp_path):
     tuning = plan(REPO, ["cifar"])["cifar"]
-    student, baseline, teacher = (metrics_file(r).as_posix() for r in ("student", "baseline", "teacher"))
+    runs = [(e, tuning_metrics(e)) for e in tuning]
+    weak = choose_teachers(runs)
+    runs += [(e, tuning_metrics(e)) for e in reversed_tuning_runs(REPO, weak)]
+    chosen = choose(runs)
 
     def metrics(e):
-        if e.targets:
-            per_epoch = 1 / 20_000 if e.overrides["teacher.arch"] == "vgg5" else 1 / 80_000
-            return {teacher: {"val_acc": 0.80 + e.overrides["teacher.epochs"] * per_epoch}}
         base = 0.80 + e.seed / 100
-        gain = {"reversed": 0.01 + e.seed / 1000, "self": -0.002 + e.seed / 500, "hetero": -0.01 - e.seed / 1000,
-                "smooth": 0}.get(e.kind, 0)
-        return {student: {"val_acc": 0.8}, baseline: {"val_acc": 0.8},
-                EVALUATION: {"teacher": {"accuracy": 0.85}, "baseline": {"accuracy": base - (e.kind == "smooth") / 200},
+        gain = {"reversed": 0.01 + e.seed / 1000, "self": (e.seed - 4.5) / 1000, "hetero": -0.01 - e.seed / 1000,
+                "smooth": 0}[e.kind]
+        teacher = 0.78 if e.kind == "reversed" else 0.85
+        return {EVALUATION: {"teacher": {"accuracy": teacher},
+                             "baseline": {"accuracy": base - (e.kind == "smooth") / 200},
                              "student": {"accuracy": base + gain}}}
-    runs = [(e, metrics(e)) for e in tuning]
-    chosen = choose(runs)
-    runs += [(e, metrics(e)) for e in study_runs(REPO, chosen)]
+    runs += [(e, metrics(e)) for e in study_runs(REPO, chosen, weak)]
     out = tmp_path / "poster.md"
     write_report(out, runs, header=["h"], temperatures=[20], chosen=chosen)
     text = out.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| reversed KD, vgg5 -> vgg8 | 30 |"))
-    assert "| 3 |" in row and "+1.10 ± 0.10" in row and "[+0.85, +1.35]" in row  # mean ± t(0.975, 2)·sd/√3
+    # mean ± sd over 10 runs, t(0.975, 9)·sd/√10; gap = 0.78 − (0.80 + mean seed/100); each teacher's mean;
+    # the teacher-random interval: mean of the 2 teachers' means ± t(0.975, 1)·sd/√2
+    assert "| vgg5 e40 | 10 | -6.50 |" in row and "+1.45 ± 0.30" in row and "[+1.23, +1.67]" in row
+    assert "t0: +1.40, t1: +1.50" in row and "[+0.81, +2.09]" in row
     claims = text.split("### The poster's claims")[1]
-    assert re.search(r"Reversed KD.*: confirmed", claims)
-    assert re.search(r"Self-KD.*: not resolved at this scale", claims)
-    assert re.search(r"VGG -> ResNet\*\*: refuted", claims)
-    # Teachers: 80 -> 160 epochs, the study's doubled; under 0.3 points counts as the plateau.
-    assert re.search(r"^\| vgg5 \|.*\| \+0\.40 points: not yet at its plateau \|$", text, flags=re.M)
-    assert re.search(r"^\| vgg8 \|.*\| \+0\.10 points: plateau \|$", text, flags=re.M)
+    assert re.search(r"Reversed KD.*30 epochs, gap -6\.50: confirmed", claims)
+    assert re.search(r"Self-KD.*30 epochs, gap [-+0-9.]+: not resolved at this scale \(Holm-adjusted p", claims)
+    assert re.search(r"VGG -> ResNet\*\* \(.*\): 5 epochs, gap [-+0-9.]+: refuted", claims)
+    assert "waiting for its runs" not in text and "| 30 | 86.00 | vgg5, 40 epochs: 80.00 (-6.00) |" in text
     assert (tmp_path / "poster" / "cifar-budget.png").stat().st_size > 1000
     for block in re.findall(r"((?:^\|.*\n)+)", text, flags=re.M):
         assert len({line.count("|") for line in block.splitlines()}) == 1, block
@@ -574,3 +614,15 @@ def test_machine_time_counts_only_the_invocations_of_the_reported_runs(tmp_path)
     assert "\n\n\n" not in text and text.endswith("\n")  # one blank line between blocks, one before the next heading
     everything = "\n".join(machine_time(csv_file))
     assert "| cifar tuning | AVX512, bf16, cpu | 4 | 1.00 |" in everything and "Not counted" not in everything
+
+
+def test_a_cifar_verdict_needs_holm_and_the_same_sign_with_every_teacher():
+    from kd_study.report_cifar import verdict as cifar_verdict
+
+    g = {"n": 10, "mean": 0.01, "holm": 0.01, "teachers": {0: 0.02, 1: 0.005}}
+    assert cifar_verdict(g) == "confirmed"
+    assert cifar_verdict({**g, "mean": -0.01, "teachers": {0: -0.02, 1: -0.001}}).startswith("refuted")
+    assert "not the same sign with every teacher" in cifar_verdict({**g, "teachers": {0: 0.02, 1: -0.001}})
+    assert "not the same sign with every teacher" in cifar_verdict({**g, "teachers": {0: 0.02}})
+    assert cifar_verdict({**g, "holm": 0.2}).startswith("not resolved at this scale (Holm-adjusted p 0.200)")
+    assert "Holm's correction is pending" in cifar_verdict({**g, "holm": float("nan")})

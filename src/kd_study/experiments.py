@@ -7,6 +7,7 @@ through DVC's run-cache.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,26 +23,31 @@ SEEDS = (0, 1, 2)
 TEMPERATURES = (1, 2, 4, 8, 20, 50)
 OMITTED_DIGIT = 3
 HINTON_PROFILE = "profiles/mnist-hinton.yaml"
+HINTON_TEACHER_EPOCHS = (150, 300, 600)           # docs/hinton-study.md
+HINTON_STUDENT_GRID = ((0.5, 20), (0.5, 60), (0.9, 20), (0.9, 60))   # (alpha, student epochs)
+HINTON_TUNE_SEED = 100
 CIFAR_PROFILE = "profiles/cifar10-cpu.yaml"
 PARTS = ("mnist", "hinton", "cifar", "methods")
 
-# ---- the CIFAR-10 study (issue #16): where does distillation pay on a CPU? -------------------
-# The cheapest nets that keep each relation of the poster: vgg5 (99k params) is the smaller
-# teacher, vgg8 (148k) the larger net, resnet8 (78k) the ResNet that VGG knowledge crosses to.
-# Every teacher must reach its plateau within STUDY_TEACHER_EPOCHS: resnet8 did not (80 -> 160
-# epochs added +0.98 points), so it is a student only.
+# ---- the CIFAR-10 study, third design (issue #33, docs/cifar-study.md) ------------------------
+# The cheapest nets that keep each relation of the poster: vgg5 (99k params) the weaker teacher,
+# vgg8 (148k) the larger net, resnet8 (78k) the ResNet that VGG knowledge crosses to.
 CIFAR_FAMILIES = {                      # kind: (teacher arch, student arch)
-    "reversed": ("vgg5", "vgg8"),       # a smaller, weaker VGG teaches a larger one (poster: VGG13 -> ResNet18)
+    "reversed": ("vgg5", "vgg8"),       # a weaker, smaller VGG teaches a larger one (poster: VGG13 -> ResNet18)
     "self": ("vgg8", "vgg8"),
     "hetero": ("vgg8", "resnet8"),      # VGG -> ResNet, as the poster's pair crosses
 }
-STUDY_TEACHER_EPOCHS = 80               # what every study run's teacher trains
-TEACHER_EPOCHS = (20, 40, 80, 160)      # each a doubling; the one after the study's checks its plateau
-BUDGETS = (5, 10, 30)                   # student epochs: today's 5 up to 6x
-TUNE_BUDGET = 10                        # T and alpha chosen here, on seed 0's validation accuracy
+STUDY_TEACHER_EPOCHS = 80               # the vgg8 teacher (plateau-checked in design 2: 160 epochs added +0.04)
+WEAK_TEACHER_EPOCHS = (3, 5, 10, 20, 40, 80)   # vgg5 candidates for reversed KD's weaker teacher
+WEAKER_BY = 0.005                       # the reversed teacher's validation accuracy is this far below the student's
+BUDGETS = (5, 10, 30)                   # student epochs
+TUNE_BUDGET = 10                        # T and alpha chosen here, at the tuning seed
+CIFAR_TUNE_SEED = 100                   # never an evaluation seed
+CIFAR_SEEDS = tuple(range(10))          # 80% power for a 0.5-point gain (docs/cifar-study.md)
+TEACHER_SEEDS = 2                       # student seed k learns from teacher seed k % 2
 GRID = {"temperature": (2, 4, 8), "alpha": (0.5, 0.9)}
 SMOOTHING = (0.05, 0.1, 0.2)            # epsilon of the label-smoothing control, chosen the same way
-TUNED = ("reversed", "self")            # hetero borrows self's T and alpha: the same vgg8 teacher
+TUNED = ("reversed", "self", "hetero")
 LONGEST = max(BUDGETS)
 
 # ---- the methods study (issue #32, docs/methods-study.md): which distillation method, for which pair? --
@@ -135,28 +141,60 @@ def profile_keys(root: Path, profile: str) -> dict[str, Any]:
     return profile_overrides(_load(root / "params.yaml"), load_profile(profile, root), profile)
 
 
-def hinton(root: Path, profile: str = HINTON_PROFILE) -> list[Setting]:
-    """MNIST with Hinton's teacher regularisation and a long schedule (the profile), at T=20."""
-    return [Setting("hinton-T20", "hinton", {**profile_keys(root, profile), "temperature": 20})]
+def hinton_tuning(root: Path, profile: str = HINTON_PROFILE) -> list[Setting]:
+    """MNIST at Hinton's level, phase 1 (docs/hinton-study.md): the teacher's length, chosen on
+    validation (train_teacher only)."""
+    base = profile_keys(root, profile)
+    return [Setting(f"hinton-teacher-e{e}", "hinton-teacher", {**base, "teacher.epochs": e}, ("train_teacher",))
+            for e in HINTON_TEACHER_EPOCHS]
 
 
-def family(base: dict, kind: str, budget: int, **more) -> dict[str, Any]:
-    """A study run: `kind`'s nets, the plateau-checked teacher, `budget` student epochs."""
+def choose_hinton_teacher(tuning: list[tuple[Experiment, dict | None]]) -> int | None:
+    """The teacher length with the best validation accuracy (ties: the shortest); None until all ran."""
+    points = [(e, m) for e, m in tuning if e.kind == "hinton-teacher"]
+    winner = best(points, "teacher")
+    return None if winner is None else winner.overrides["teacher.epochs"]
+
+
+def hinton_students(root: Path, teacher_epochs: int, profile: str = HINTON_PROFILE) -> list[Setting]:
+    """Phase 1b: the student's alpha and length with the chosen teacher, at T = 20 (the paper's)."""
+    base = {**profile_keys(root, profile), "teacher.epochs": teacher_epochs, "temperature": 20}
+    return [Setting(f"hinton-e{teacher_epochs}-a{a:g}-se{n}", "hinton-grid",
+                    {**base, "alpha": a, "student.epochs": n}) for a, n in HINTON_STUDENT_GRID]
+
+
+def choose_hinton_student(grid: list[tuple[Experiment, dict | None]]) -> dict[str, Any] | None:
+    """The student setting with the best validation accuracy (ties: the first); None until all ran."""
+    winner = best([(e, m) for e, m in grid if e.kind == "hinton-grid"], "student")
+    return None if winner is None else {k: winner.overrides[k] for k in ("teacher.epochs", "alpha", "student.epochs")}
+
+
+def hinton_final(root: Path, chosen: dict[str, Any], profile: str = HINTON_PROFILE) -> list[Setting]:
+    """Phase 2: the chosen teacher and student retrained on all 60k images (no validation split)."""
+    e, a, n = chosen["teacher.epochs"], chosen["alpha"], chosen["student.epochs"]
+    return [Setting(f"hinton-final-e{e}-a{a:g}-se{n}", "hinton-final",
+                    {**profile_keys(root, profile), **chosen, "temperature": 20, "data.val_size": 0})]
+
+
+def family(base: dict, kind: str, budget: int, teacher_epochs: int = STUDY_TEACHER_EPOCHS, **more) -> dict[str, Any]:
+    """A study run: `kind`'s nets, its teacher's length, `budget` student epochs."""
     teacher, student = CIFAR_FAMILIES[kind]
-    return {**base, "teacher.arch": teacher, "teacher.epochs": STUDY_TEACHER_EPOCHS, "student.arch": student,
+    return {**base, "teacher.arch": teacher, "teacher.epochs": teacher_epochs, "student.arch": student,
             "student.epochs": budget, **more}
 
 
 def cifar_tuning(root: Path, profile: str = CIFAR_PROFILE) -> list[Setting]:
-    """Phase 1: each teacher at every length of its ladder (train_teacher only), the T x alpha grid
-    of the tuned families and the smoothing grid, all at one seed."""
+    """Phase 1, what needs no other result: the vgg5 candidates and the vgg8 teacher (train_teacher
+    only, teacher seed 0), the true-label vgg8 student at every budget (train_baseline only), the
+    T x alpha grids of self and hetero and the smoothing grid. Reversed KD's grid waits for its
+    teacher (`reversed_grid`)."""
     base = profile_keys(root, profile)
-    out = [Setting(f"cifar-teacher-{arch}-e{e}", "teacher",
-                   {**base, "teacher.arch": arch, "teacher.epochs": e}, ("train_teacher",))
-           for arch in sorted({t for t, _ in CIFAR_FAMILIES.values()}) for e in TEACHER_EPOCHS]
-    out += [Setting(f"cifar-{kind}-e{TUNE_BUDGET}-T{t:g}-a{a:g}", f"grid-{kind}",
-                    family(base, kind, TUNE_BUDGET, temperature=t, alpha=a))
-            for kind in TUNED for t in GRID["temperature"] for a in GRID["alpha"]]
+    out = [Setting(f"cifar-teacher-vgg5-e{e}", "teacher", {**base, "teacher.arch": "vgg5", "teacher.epochs": e},
+                   ("train_teacher",)) for e in WEAK_TEACHER_EPOCHS]
+    out.append(Setting(f"cifar-teacher-vgg8-e{STUDY_TEACHER_EPOCHS}", "teacher",
+                       {**base, "teacher.arch": "vgg8", "teacher.epochs": STUDY_TEACHER_EPOCHS}, ("train_teacher",)))
+    out += [Setting(f"cifar-base-vgg8-e{b}", "base", family(base, "self", b), ("train_baseline",)) for b in BUDGETS]
+    out += grid(base, "self") + grid(base, "hetero")
     # Smoothing changes only the true-label student: the distilled one comes from the run-cache.
     out += [Setting(f"cifar-smooth{eps:g}-e{TUNE_BUDGET}", "grid-smooth",
                     family(base, "self", TUNE_BUDGET, **{"baseline.label_smoothing": eps}))
@@ -164,19 +202,56 @@ def cifar_tuning(root: Path, profile: str = CIFAR_PROFILE) -> list[Setting]:
     return out
 
 
-def cifar_study(root: Path, chosen: dict[str, dict], profile: str = CIFAR_PROFILE) -> list[Setting]:
+def grid(base: dict, kind: str, teacher_epochs: int = STUDY_TEACHER_EPOCHS) -> list[Setting]:
+    return [Setting(f"cifar-{kind}-e{TUNE_BUDGET}-T{t:g}-a{a:g}", f"grid-{kind}",
+                    family(base, kind, TUNE_BUDGET, teacher_epochs, temperature=t, alpha=a))
+            for t in GRID["temperature"] for a in GRID["alpha"]]
+
+
+def val_of(metrics: dict | None, role: str) -> float | None:
+    return ((metrics or {}).get(metrics_file(role).as_posix()) or {}).get("val_acc")
+
+
+def choose_teachers(tuning: list[tuple[Experiment, dict | None]]) -> dict[int, int | None]:
+    """Reversed KD's teacher per budget: the longest-trained vgg5 candidate whose validation
+    accuracy is at least WEAKER_BY below the true-label vgg8 student's at that budget (None: no
+    candidate qualifies). A budget is left out while a candidate or its student is unfinished."""
+    runs = {e.name.rsplit("-s", 1)[0]: m for e, m in tuning}
+    teacher = {e: val_of(runs.get(f"cifar-teacher-vgg5-e{e}"), "teacher") for e in WEAK_TEACHER_EPOCHS}
+    if any(v is None for v in teacher.values()):
+        return {}
+    out = {}
+    for b in BUDGETS:
+        student = val_of(runs.get(f"cifar-base-vgg8-e{b}"), "baseline")
+        if student is not None:
+            weaker = [e for e in WEAK_TEACHER_EPOCHS if teacher[e] <= student - WEAKER_BY]
+            out[b] = max(weaker) if weaker else None
+    return out
+
+
+def reversed_grid(root: Path, teachers: dict[int, int | None], profile: str = CIFAR_PROFILE) -> list[Setting]:
+    """Phase 1b: reversed KD's T x alpha grid, with the teacher chosen for the tuning budget."""
+    if teachers.get(TUNE_BUDGET) is None:
+        return []
+    return grid(profile_keys(root, profile), "reversed", teachers[TUNE_BUDGET])
+
+
+def cifar_study(root: Path, chosen: dict[str, dict], teachers: dict[int, int | None],
+                profile: str = CIFAR_PROFILE) -> list[Setting]:
     """Phase 2, once the grids chose (`chosen`: kind -> {"temperature", "alpha"}, and "smooth" ->
-    {"baseline.label_smoothing"}): the tuned families at every budget, then the smoothing control
-    and heterogeneous KD at the longest. A family whose grid is unfinished is left out."""
+    {"baseline.label_smoothing"}): every family at every budget (reversed with its weaker teacher
+    of that budget, where one qualified), then the smoothing control at the longest. A family
+    whose grid is unfinished is left out. The teacher seed rides on the student seed (`per_seed`)."""
     base = profile_keys(root, profile)
-    values = {**chosen, "hetero": chosen.get("self")}
-    out = [Setting(f"cifar-{kind}-e{b}", kind, family(base, kind, b, **values[kind]))
-           for b in BUDGETS for kind in TUNED if values.get(kind)]
-    if values.get("self") and chosen.get("smooth"):
+    out = []
+    for b in BUDGETS:
+        for kind in TUNED:
+            if kind in chosen and (kind != "reversed" or teachers.get(b) is not None):
+                epochs = teachers[b] if kind == "reversed" else STUDY_TEACHER_EPOCHS
+                out.append(Setting(f"cifar-{kind}-e{b}", kind, family(base, kind, b, epochs, **chosen[kind])))
+    if "self" in chosen and "smooth" in chosen:
         out.append(Setting(f"cifar-smooth-e{LONGEST}", "smooth",
-                           family(base, "self", LONGEST, **values["self"], **chosen["smooth"])))
-    if values.get("hetero"):
-        out.append(Setting(f"cifar-hetero-e{LONGEST}", "hetero", family(base, "hetero", LONGEST, **values["hetero"])))
+                           family(base, "self", LONGEST, **chosen["self"], **chosen["smooth"])))
     return out
 
 
@@ -187,8 +262,12 @@ def per_seed(part: str, settings: list[Setting], seeds) -> list[Experiment]:
 
 
 def tuning_runs(root: Path, profile: str = CIFAR_PROFILE) -> list[Experiment]:
-    """Phase 1 runs at seed 0 only (teachers do not depend on `seed` at all)."""
-    return per_seed("cifar", cifar_tuning(root, profile), (0,))
+    """Phase 1 runs at the tuning seed only (teachers do not depend on `seed` at all)."""
+    return per_seed("cifar", cifar_tuning(root, profile), (CIFAR_TUNE_SEED,))
+
+
+def reversed_tuning_runs(root: Path, teachers: dict[int, int | None], profile: str = CIFAR_PROFILE) -> list[Experiment]:
+    return per_seed("cifar", reversed_grid(root, teachers, profile), (CIFAR_TUNE_SEED,))
 
 
 def best(points: list[tuple[Experiment, dict | None]], role: str) -> Experiment | None:
@@ -279,11 +358,14 @@ def plan(root: Path, parts=PARTS, seeds=SEEDS, temperatures=TEMPERATURES,
     Hinton profile, the CIFAR study's tuning phase (its seeded runs: `study_runs`) and the
     methods study's (its seeded runs: `methods_seeds`)."""
     families = {"mnist": lambda: per_seed("mnist", mnist(temperatures), seeds),
-                "hinton": lambda: per_seed("hinton", hinton(root), seeds),
+                "hinton": lambda: per_seed("hinton", hinton_tuning(root), (HINTON_TUNE_SEED,)),
                 "cifar": lambda: tuning_runs(root, profile),
                 "methods": lambda: methods_tuning(root, profile)}
     return {part: families[part]() for part in parts}
 
 
-def study_runs(root: Path, chosen: dict[str, dict], seeds=SEEDS, profile: str = CIFAR_PROFILE) -> list[Experiment]:
-    return per_seed("cifar", cifar_study(root, chosen, profile), seeds)
+def study_runs(root: Path, chosen: dict[str, dict], teachers: dict[int, int | None], seeds=CIFAR_SEEDS,
+               profile: str = CIFAR_PROFILE) -> list[Experiment]:
+    """Phase 2 at every seed; student seed k learns from the teacher of `teacher.seed` k % 2."""
+    return [dataclasses.replace(e, overrides={**e.overrides, "teacher.seed": e.seed % TEACHER_SEEDS})
+            for e in per_seed("cifar", cifar_study(root, chosen, teachers, profile), seeds)]

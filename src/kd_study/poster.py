@@ -10,10 +10,12 @@
 Experiments already run with the same params and pipeline code are reused, so a
 second run with nothing changed queues nothing and only rewrites the report, and a
 study cut short (the CIFAR-10 one takes hours) goes on where it stopped. The CIFAR-10
-study runs in two phases: teachers and the validation grids at seed 0, then the seeded
-runs with the T, alpha and smoothing the grids chose. The methods study (docs/methods-study.md)
-does the same per pair-budget: each method's 4 settings at seed 0, then the chosen one at the
-other seeds. A failed experiment is listed under "Not run" and the command exits 1.
+study (docs/cifar-study.md) runs in phases: teachers, baselines and the validation grids at
+the tuning seed, reversed KD's grid once its weaker teacher is chosen, then the seeded runs with
+what the grids chose. The Hinton study (docs/hinton-study.md): the teacher's length, then the
+student's setting, then the final models on all 60k images. The methods study
+(docs/methods-study.md) per pair-budget: each method's 4 settings at the tuning seed, then the
+chosen one at the evaluation seeds. A failed experiment is listed under "Not run" and the command exits 1.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import time
 from pathlib import Path
 
 from kd_study import dvc_exps, experiments, record
-from kd_study.experiments import CIFAR_PROFILE, METHOD_SEEDS, PARTS, SEEDS, TEMPERATURES, PosterError
+from kd_study.experiments import CIFAR_PROFILE, CIFAR_SEEDS, METHOD_SEEDS, PARTS, SEEDS, TEMPERATURES, PosterError
 from kd_study.report import write_report
 
 # The issues' budgets on a 2-core machine; the CIFAR study's 6 hours may span several invocations.
@@ -64,6 +66,7 @@ def main(argv=None) -> int:
     temps = [int(t) if float(t).is_integer() else t for t in args.temperatures]
     seeds = list(SEEDS) if args.seeds is None else args.seeds
     method_seeds = list(METHOD_SEEDS) if args.seeds is None else args.seeds
+    cifar_seeds = list(CIFAR_SEEDS) if args.seeds is None else args.seeds
     started = time.perf_counter()
     deadline = None if args.hours is None else time.time() + 3600 * args.hours
     lines, everything = [], []
@@ -100,11 +103,28 @@ def main(argv=None) -> int:
             return {**reused, **ran}
 
         chosen = {}
+
+        def with_metrics(exps, done):
+            return [(e, done[e.name].metrics if e.name in done else None) for e in exps]
+
         for part, exps in experiments.plan(root, args.parts, seeds, temps, args.profile).items():
-            if part == "cifar":
-                done = phase("cifar", exps, "tuning")  # teachers and grids, at seed 0
-                chosen = experiments.choose([(e, done[e.name].metrics if e.name in done else None) for e in exps])
-                phase("cifar", experiments.study_runs(root, chosen, seeds, args.profile), "study")
+            if part == "cifar":  # docs/cifar-study.md
+                done = phase("cifar", exps, "tuning")  # teachers, baselines and grids, at the tuning seed
+                teachers = experiments.choose_teachers(with_metrics(exps, done))
+                more = experiments.reversed_tuning_runs(root, teachers, args.profile)
+                done = {**done, **(phase("cifar", more, "reversed tuning") if more else {})}
+                chosen = experiments.choose(with_metrics(exps + more, done))
+                phase("cifar", experiments.study_runs(root, chosen, teachers, cifar_seeds, args.profile), "study")
+            elif part == "hinton":  # docs/hinton-study.md
+                done = phase("hinton", exps, "teacher")
+                epochs = experiments.choose_hinton_teacher(with_metrics(exps, done))
+                grid = [] if epochs is None else experiments.per_seed(
+                    "hinton", experiments.hinton_students(root, epochs), (experiments.HINTON_TUNE_SEED,))
+                done = phase("hinton", grid, "student") if grid else {}
+                picked = experiments.choose_hinton_student(with_metrics(grid, done))
+                if picked is not None:
+                    phase("hinton", experiments.per_seed("hinton", experiments.hinton_final(root, picked), seeds),
+                          "final")
             elif part == "methods":
                 # Pair-budget by pair-budget (MNIST first: cheap), each in the CIFAR study's two phases.
                 for pair in experiments.METHOD_PAIRS:
