@@ -59,8 +59,11 @@ def test_the_methods_list():
     # MNIST is params.yaml's pair; the CIFAR pair is the CIFAR study's hetero family with its teacher,
     # so DVC's run-cache restores that teacher and its soft labels.
     assert not any(k.startswith(("teacher.", "student.", "data.")) for o in mnist.values() for k in o)
-    study_hetero = next(e for e in study_runs(REPO, {"self": {"temperature": 4, "alpha": 0.9}}) if e.kind == "hetero")
-    teacher = {k: v for k, v in study_hetero.overrides.items() if k.startswith(("teacher.", "data."))}
+    study_hetero = next(e for e in study_runs(REPO, {"hetero": {"temperature": 4, "alpha": 0.9}}, {})
+                        if e.kind == "hetero" and e.seed == 0)
+    assert study_hetero.overrides["teacher.seed"] == 0  # the default the methods study keeps
+    teacher = {k: v for k, v in study_hetero.overrides.items()
+               if k.startswith(("teacher.", "data.")) and k != "teacher.seed"}
     for pair, epochs in (("hetero-e10", 10), ("hetero-e30", 30)):
         for e in (e for e in tuning if e.name.startswith(f"methods-{pair}-")):
             assert {k: v for k, v in e.overrides.items() if k.startswith(("teacher.", "data."))} == teacher
@@ -113,7 +116,7 @@ def test_the_choice_is_by_validation_ties_go_to_the_first_and_a_method_waits_for
     cifar = plan(REPO, ["cifar"])["cifar"]
     picked = choose([(e, {STUDENT: {"val_acc": 0.8}, metrics_file("baseline").as_posix(): {"val_acc": 0.7}})
                      for e in cifar])
-    assert picked["reversed"] == {"temperature": 2, "alpha": 0.5} and picked["smooth"] == {
+    assert picked["self"] == {"temperature": 2, "alpha": 0.5} and picked["smooth"] == {
         "baseline.label_smoothing": 0.05}
 
 
