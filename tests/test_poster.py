@@ -626,3 +626,23 @@ def test_a_cifar_verdict_needs_holm_and_the_same_sign_with_every_teacher():
     assert "not the same sign with every teacher" in cifar_verdict({**g, "teachers": {0: 0.02}})
     assert cifar_verdict({**g, "holm": 0.2}).startswith("not resolved at this scale (Holm-adjusted p 0.200)")
     assert "Holm's correction is pending" in cifar_verdict({**g, "holm": float("nan")})
+
+
+def test_the_hinton_section_reports_each_phase_and_the_final_errors(tmp_path):
+    tuning = plan(REPO, ["hinton"])["hinton"]
+    teacher, student, baseline = (metrics_file(r).as_posix() for r in ("teacher", "student", "baseline"))
+    runs = [(e, {teacher: {"val_acc": 0.99 + e.overrides["teacher.epochs"] / 100_000}}) for e in tuning]
+    grid = [Experiment(f"{s.name}-s100", "hinton", s.kind, 100, s.overrides) for s in hinton_students(REPO, 600)]
+    runs += [(e, {student: {"val_acc": 0.991}, baseline: {"val_acc": 0.985}}) for e in grid]
+    (final,) = hinton_final(REPO, {"teacher.epochs": 600, "alpha": 0.5, "student.epochs": 60})
+    runs += [(Experiment(f"{final.name}-s{k}", "hinton", final.kind, k, final.overrides),
+              {EVALUATION: {"teacher": {"errors": 66, "accuracy": 0.9934},
+                            "baseline": {"errors": 140 + k, "accuracy": 0.986},
+                            "student": {"errors": 72 + 2 * k, "accuracy": 0.9928 - k / 5000}}}) for k in (0, 1, 2)]
+    out = tmp_path / "poster.md"
+    write_report(out, runs, header=["h"], temperatures=[20])
+    text = out.read_text().split("## MNIST at Hinton's level")[1].split("\n## ")[0]
+    assert "| 600 | 99.60 |" in text and "| 0.5 | 60 | 99.10 | 98.50 |" in text
+    assert "| student, distilled (T=20) | 74.0 ± 2.0 | 72, 74, 76 |" in text
+    assert "Teacher: 66 errors (Hinton: 67). Distilled students: mean 74.0 errors (Hinton: 74); at or below 74: " \
+           "2 of 3 seeds." in text
