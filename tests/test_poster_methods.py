@@ -243,7 +243,7 @@ def test_the_driver_plans_the_part_and_reports_what_is_missing(fake, capsys):  #
     report = (fake / "reports" / "poster.md").read_text()
     assert "- methods mnist tuning: 0 of 20 experiments finished (report only)" in report
     assert "- methods hetero-e30 tuning: 0 of 20 experiments finished (report only)" in report
-    assert "Seeds [0, 1, 2, 3, 4]: every mean" in report
+    assert "Seeds [0, 1, 2, 3, 4] (methods): every mean" in report
     assert "phase 1 (tuning, seed 100): 0 of 60 runs finished" in report
     assert "methods-hetero-e30-dist-g4-s100" in report.split("## Not run")[1]
     assert dvc_calls("exp", "run") == []

@@ -155,10 +155,12 @@ def main(argv=None) -> int:
                                                      if args.report_only else
                                                      f"Total wall time **{_hm(time.perf_counter() - started)}**:"),
               "", *lines, *args.note, "",
-              f"Experiments ran on commit {_baselines(found)}. Seeds {_seeds(args.parts, seeds, method_seeds)}: "
-              "every mean ± std is over the "
-              "student seeds (sample std); one teacher per setting (`teacher.seed: 0`). \"Exceeds seed noise\": "
-              "a paired t-test over seeds of distilled vs true-label student, p < 0.05."]
+              f"Experiments ran on commit {_baselines(found)}. Seeds "
+              f"{_seeds(args.parts, seeds, method_seeds, cifar_seeds)}: every mean ± std is over the student "
+              "seeds (sample std); one teacher per setting (`teacher.seed: 0`), except in the CIFAR study, where "
+              "student seed k learns from teacher seed k mod 2. Tuning runs use seed 100, never an evaluation "
+              "seed. \"Exceeds seed noise\": a paired t-test over seeds of distilled vs true-label student, "
+              "p < 0.05."]
     runs = [(e, found[e.name].metrics if e.name in found else None) for e in everything]
     write_report(root / args.out, runs, header=header, temperatures=temps, chosen=chosen,
                  commits={run.baseline for run in found.values()}, method_seeds=method_seeds)
@@ -191,12 +193,13 @@ def log_machine_time(path: Path, part: str, experiments_run: int, seconds: float
                       torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"])
 
 
-def _seeds(parts, seeds: list[int], method_seeds: list[int]) -> str:
-    if "methods" not in parts:
-        return f"{seeds}"
-    if set(parts) == {"methods"}:
-        return f"{method_seeds}"
-    return f"{seeds} (the methods study: {method_seeds})"
+def _seeds(parts, seeds: list[int], method_seeds: list[int], cifar_seeds: list[int]) -> str:
+    """The evaluation seeds of each part, parts with the same seeds together."""
+    per = {"mnist": seeds, "hinton": seeds, "cifar": cifar_seeds, "methods": method_seeds}
+    groups: dict[tuple, list[str]] = {}
+    for part in parts:
+        groups.setdefault(tuple(per[part]), []).append(part)
+    return "; ".join(f"{list(s)} ({', '.join(ps)})" for s, ps in groups.items())
 
 
 def _baselines(found: dict[str, dvc_exps.Shown]) -> str:
