@@ -3,7 +3,7 @@ with onnxruntime against PyTorch on the whole test set."""
 import json
 
 from kd.checkpoint import checkpoint_spec, load_model
-from kd.export import MAX_LOGIT_DIFF, check_export, export_latency, export_onnx, quantize_int8
+from kd.export import check_export, export_latency, export_onnx, quantize_int8
 from kd.files import write_json
 from kd.paths import metrics_file, model_file, onnx_file, split_file
 from kd.splits import load_split
@@ -40,4 +40,5 @@ with stage("export_onnx") as run:
                                  (split_file("test"), f"{ckpt['dataset']}-test"), model_file("student"))
     # Only now is all known that makes the registered student `champion`, or says why not.
     run.tracking.promote(model_file("student"), run.params.data.dataset,
-                         json.loads(metrics_file("evaluate").read_text()), check, MAX_LOGIT_DIFF)
+                         json.loads(metrics_file("evaluate").read_text()), check,
+                         check["onnx"]["logit_tolerance"])

@@ -8,8 +8,8 @@ import torch
 import kd.models
 from kd.checkpoint import new_model
 from kd.datasets import builtin_spec
-from kd.export import ExportMismatchError, check_export, export_latency, export_onnx, onnx_predict, quantize_int8, \
-    session
+from kd.export import ExportMismatchError, check_export, export_latency, export_onnx, logit_tolerance, onnx_predict, \
+    quantize_int8, session
 
 
 def images(n, shape=(1, 28, 28), seed=0):
@@ -75,3 +75,22 @@ def test_the_onnx_file_holds_no_path_of_the_machine_that_built_it(exported):
     data = path.read_bytes()
     assert b"stack_trace" not in data
     assert str(Path(kd.models.__file__).parents[2]).encode() not in data  # src/, where the model's code lives
+
+
+def test_the_tolerance_scales_with_the_logits_so_a_large_correct_model_still_exports(exported, tmp_path):
+    """Rounding grows with the logits (a DIST student's near 60 differed by 6e-3 in a correct
+    graph): the bound is relative to the largest |logit|, never below the absolute 1e-3."""
+    assert logit_tolerance(torch.tensor([[0.1, -0.5]])) == pytest.approx(1e-3)
+    assert logit_tolerance(torch.tensor([[60.0, -80.0]])) == pytest.approx(0.08)
+    model, _, _ = exported
+    big = new_model("mlp800", "mnist").eval()
+    big.load_state_dict(model.state_dict())
+    with torch.no_grad():  # the same net with logits 1000x as large: a correct export must pass
+        last = [m for m in big.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.mul_(1000), last.bias.mul_(1000)
+    path = tmp_path / "big.onnx"
+    export_onnx(big, builtin_spec("mnist"), path)
+    int8 = path.with_suffix(".int8.onnx")
+    quantize_int8(path, int8, builtin_spec("mnist"))
+    out = check_export(big, path, int8, images(200), torch.arange(200) % 10)
+    assert out["onnx"]["agreement"] == 1.0 and out["onnx"]["logit_tolerance"] > 1e-3

@@ -263,13 +263,17 @@ elif args[:3] == ["exp", "run", "--queue"]:
 elif args[:3] == ["exp", "run", "--run-all"]:
     for e in exps:
         if e["state"] == "queued":
-            failed = e["name"] in os.environ.get("FAKE_DVC_FAIL", "").split(",")
+            failed = e["name"] in (os.environ.get("FAKE_DVC_FAIL", "") + ","
+                                   + os.environ.get("FAKE_DVC_DIVERGE", "")).split(",")
             e["state"] = "failed" if failed else "success"
             if not failed:  # as DVC keeps it: refs/exps/<baseline sha[:2]>/<its rest>/<name>
                 subprocess.run(["git", "update-ref", f"refs/exps/{head[:2]}/{head[2:]}/{e['name']}", head])
             acc = 0.98 + e["params"]["seed"] / 1000
             e["metrics"] = {} if failed else {"metrics/evaluate.json": {
                 "teacher": {"accuracy": 0.99}, "baseline": {"accuracy": acc}, "student": {"accuracy": acc + 0.005}}}
+elif args[:2] == ["queue", "logs"]:
+    if args[2] in os.environ.get("FAKE_DVC_DIVERGE", "").split(","):
+        print("[train_student] error: loss is nan at epoch 2, batch 188; lower the learning rate")
 elif args[:2] == ["exp", "remove"]:
     state["exps"] = [e for e in exps if not (e["name"] in args[2:] and e["baseline"] == head)]
 else:
@@ -646,3 +650,25 @@ def test_the_hinton_section_reports_each_phase_and_the_final_errors(tmp_path):
     assert "| student, distilled (T=20) | 74.0 ± 2.0 | 72, 74, 76 |" in text
     assert "Teacher: 66 errors (Hinton: 67). Distilled students: mean 74.0 errors (Hinton: 74); at or below 74: " \
            "2 of 3 seeds." in text
+
+
+def test_a_diverged_run_is_a_result_not_rerun_and_a_failed_one_runs_again(fake, monkeypatch):
+    monkeypatch.setenv("FAKE_DVC_DIVERGE", "mnist-T20-s1")
+    monkeypatch.setenv("FAKE_DVC_FAIL", "mnist-omit3-s1")  # failed for another reason: not a result
+    assert run_poster() == 1  # the other failure is missing
+    report = (fake / "reports" / "poster.md").read_text()
+    assert "## Diverged" in report and "mnist-T20-s1 (train_student: loss is nan at epoch 2, batch 188)" in report
+    not_run = report.split("## Not run")[1].split("\n## ")[0]
+    assert "mnist-omit3-s1" in not_run and "mnist-T20-s1" not in not_run
+    assert run_poster() == 1
+    assert queued() == {"mnist-omit3-s1"}  # the diverged one is not queued again
+
+
+def test_a_diverged_tuning_point_ranks_last_and_all_diverged_chooses_nothing():
+    from kd_study.experiments import FAILED, best
+
+    points = [(Experiment(f"p{i}", "cifar", "grid-self", 100, {"i": i}), m) for i, m in enumerate(
+        [{FAILED: "diverged"}, {STUDENT_M: {"val_acc": 0.7}}, {STUDENT_M: {"val_acc": 0.8}}])]
+    assert best(points, "student").name == "p2"
+    assert best(points[:1], "student") is None
+    assert best(points + [(points[0][0], None)], "student") is None  # one still to run: no choice yet

@@ -252,3 +252,17 @@ def test_the_driver_plans_the_part_and_reports_what_is_missing(fake, capsys):  #
     assert dvc_calls("exp", "run") == []
     assert "time limit is reached: 20 experiments left" in capsys.readouterr().out
     assert yaml.safe_load((fake / "params.yaml").read_text())["method"]["name"] == "kd"  # params.yaml untouched
+
+
+def test_a_diverged_tuning_run_ranks_last_and_the_report_says_so():
+    from kd_study.experiments import FAILED
+
+    def fail(e):
+        return e.name == "methods-mnist-dkd-b8-s100"
+    tuning = plan(REPO, ["methods"])["methods"]
+    runs = [(e, {FAILED: "train_student: loss is nan at epoch 2, batch 188"} if fail(e) else fake_metrics(e))
+            for e in tuning]
+    chosen = choose_methods(runs)
+    assert chosen["tune-mnist-dkd"] != "methods-mnist-dkd-b8"  # CHOSEN's b8 diverged: the best of the rest
+    text = "\n".join(methods_section(runs + [(e, fake_metrics(e)) for e in methods_seeds(REPO, chosen)]))
+    assert "beta=8: diverged" in text and "60 of 60 runs finished (1 diverged: a diverged setting ranks last)" in text

@@ -93,8 +93,8 @@ def register_version(client, name: str, model, run_id: str, alias: str, descript
 def champion_refusal(evaluate: dict, export: dict, max_logit_diff: float) -> str | None:
     """Why the distilled student may not become `champion` (None: it may): it must beat the
     true-label student on the test set (metrics/evaluate.json), and its ONNX copy must compute
-    what it computes (metrics/export.json; max_logit_diff: kd.export.MAX_LOGIT_DIFF, passed in
-    because kd_pipeline imports no kd module a stage would then depend on)."""
+    what it computes (metrics/export.json; max_logit_diff: kd.export's tolerance for these
+    logits, passed in because kd_pipeline imports no kd module a stage would then depend on)."""
     student, baseline = evaluate["student"]["accuracy"], evaluate["baseline"]["accuracy"]
     onnx = export["onnx"]
     if student <= baseline:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import subprocess
 import tempfile
 import time
@@ -141,14 +142,14 @@ def fingerprint(root: Path, code: list[str], rev: str | None = None) -> str:
     return hashlib.sha256("".join(f"{path} {blob}\n" for path, blob in blobs).encode()).hexdigest()
 
 
-def current(root: Path, exps: list[Experiment], shown: list[Shown]) -> dict[str, Shown]:
-    """Experiment name -> a finished run of it (from `show`, or recorded) with the params and
+def current(root: Path, exps: list[Experiment], shown: list[Shown], state: str = "success") -> dict[str, Shown]:
+    """Experiment name -> a run of it (from `show`, or recorded) in `state` with the params and
     pipeline code we would queue now, for those that have one. DVC's own runs come first."""
     code, found, now = pipeline_code(root), {}, None
     for exp in exps:
         want = exp.params(root)
         for run in sorted(shown, key=lambda run: run.code is not None):
-            if run.name != exp.name or run.state != "success" or run.params != want:
+            if run.name != exp.name or run.state != state or run.params != want:
                 continue
             if run.code is None:
                 same = git(root, "diff", "--quiet", run.rev, "--", *code, check=False).returncode == 0
@@ -159,6 +160,23 @@ def current(root: Path, exps: list[Experiment], shown: list[Shown]) -> dict[str,
                 found[exp.name] = ran_only(root, run, exp.targets)
                 break
     return found
+
+
+DIVERGED = re.compile(r"\[(train_\w+)\] error: (loss is \S+ at epoch \d+, batch \d+)")
+
+
+def diverged(root: Path, exps: list[Experiment], shown: list[Shown]) -> dict[str, str]:
+    """Experiment name -> how it diverged, for those whose run on this code and params failed
+    because a training loss became NaN or inf (`dvc queue logs` says so). A tuning choice counts
+    such a point as the worst; a run that failed for any other reason (killed, a bug) is not a
+    result, and runs again."""
+    out = {}
+    for name in current(root, exps, shown, state="failed"):
+        logs = dvc(root, "queue", "logs", name, check=False).stdout
+        if found := DIVERGED.findall(logs):
+            stage, what = found[-1]
+            out[name] = f"{stage}: {what}"
+    return out
 
 
 def run(root: Path, exps: list[Experiment], shown: list[Shown], deadline: float | None = None) -> None:

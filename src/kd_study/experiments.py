@@ -85,6 +85,15 @@ class PosterError(RuntimeError):
     """Something the user can fix: a busy queue, a bad profile, a failed tool call."""
 
 
+# The metrics that stand for a run that failed on this code and these params (it diverged, say:
+# `dvc queue logs <name>` says why). A tuning choice counts it as the worst point, not as missing.
+FAILED = "failed"
+
+
+def failed(metrics: dict | None) -> bool:
+    return bool(metrics) and FAILED in metrics
+
+
 @dataclass(frozen=True)
 class Setting:
     """One point of a family, run once per seed."""
@@ -272,11 +281,13 @@ def reversed_tuning_runs(root: Path, teachers: dict[int, int | None], profile: s
 
 def best(points: list[tuple[Experiment, dict | None]], role: str) -> Experiment | None:
     """The point whose `role` model has the highest validation accuracy (its metrics file), never
-    test; None while a point is unfinished. Ties go to the first point."""
+    test; None while a point is unfinished. A failed point (it diverged, say) ranks last; if all
+    failed there is no choice. Ties go to the first point."""
     path = metrics_file(role).as_posix()
-    if points and all(m is not None and path in m for _, m in points):
-        return max(points, key=lambda run: run[1][path]["val_acc"])[0]  # max keeps the first of equals
-    return None
+    if not points or not all(m is not None and (path in m or failed(m)) for _, m in points):
+        return None
+    ran = [(e, m) for e, m in points if not failed(m)]
+    return max(ran, key=lambda run: run[1][path]["val_acc"])[0] if ran else None  # max keeps the first of equals
 
 
 def choose(tuning: list[tuple[Experiment, dict | None]]) -> dict[str, dict]:

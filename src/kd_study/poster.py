@@ -82,7 +82,9 @@ def main(argv=None) -> int:
             nonlocal shown
             budget, part = BUDGET_MIN[part], f"{part} {step}".strip()
             reused = dvc_exps.current(root, exps, shown + recorded)
-            todo = [e for e in exps if e.name not in reused]
+            # A run that diverged on this code and params is a result (the worst point of its grid): not rerun.
+            failures.update(dvc_exps.diverged(root, [e for e in exps if e.name not in reused], shown))
+            todo = [e for e in exps if e.name not in reused and e.name not in failures]
             print(f"poster: {part}: {len(exps)} experiments, {len(reused)} up to date, {len(todo)} to run", flush=True)
             everything.extend(exps)
             record.save(record_file, root, dvc_exps.pipeline_code(root), list(reused.values()))
@@ -95,6 +97,7 @@ def main(argv=None) -> int:
             if todo:
                 shown = dvc_exps.show(root)
             ran = dvc_exps.current(root, todo, shown)
+            failures.update(dvc_exps.diverged(root, [e for e in todo if e.name not in ran], shown))
             record.save(record_file, root, dvc_exps.pipeline_code(root), list(ran.values()))
             lines.append(f"- {part}: {len(exps)} experiments, {len(ran)} run now and {len(reused)} reused; "
                          f"wall time {_hm(seconds)} (budget {budget} min)")
@@ -103,10 +106,12 @@ def main(argv=None) -> int:
                 log_machine_time(root / Path(args.out).with_suffix("") / "machine-time.csv", part, len(ran), seconds)
             return {**reused, **ran}
 
-        chosen = {}
+        chosen, failures = {}, {}
 
         def with_metrics(exps, done):
-            return [(e, done[e.name].metrics if e.name in done else None) for e in exps]
+            """(experiment, its metrics), or FAILED with how it diverged, or None while not run."""
+            return [(e, done[e.name].metrics if e.name in done else
+                     {experiments.FAILED: failures[e.name]} if e.name in failures else None) for e in exps]
 
         for part, exps in experiments.plan(root, args.parts, seeds, temps, args.profile).items():
             if part == "cifar":  # docs/cifar-study.md
@@ -131,8 +136,7 @@ def main(argv=None) -> int:
                 for pair in experiments.METHOD_PAIRS:
                     tuning = experiments.of_pair(exps, pair)
                     done = phase("methods", tuning, f"{pair} tuning")  # 5 methods x 4 settings, the tuning seed
-                    picked = experiments.choose_methods(
-                        [(e, done[e.name].metrics if e.name in done else None) for e in tuning])
+                    picked = experiments.choose_methods(with_metrics(tuning, done))
                     phase("methods", experiments.methods_seeds(root, picked, method_seeds, args.profile, (pair,)),
                           f"{pair} seeds")
             else:
@@ -161,13 +165,15 @@ def main(argv=None) -> int:
               "student seed k learns from teacher seed k mod 2. Tuning runs use seed 100, never an evaluation "
               "seed. \"Exceeds seed noise\": a paired t-test over seeds of distilled vs true-label student, "
               "p < 0.05."]
-    runs = [(e, found[e.name].metrics if e.name in found else None) for e in everything]
+    runs = with_metrics(everything, found)
     write_report(root / args.out, runs, header=header, temperatures=temps, chosen=chosen,
                  commits={run.baseline for run in found.values()}, method_seeds=method_seeds)
-    print(f"poster: wrote {args.out} ({len(found)}/{len(runs)} experiments)")
-    if len(found) < len(runs):
-        print(f"poster: not run: {', '.join(e.name for e, m in runs if m is None)} "
-              "(see `dvc queue logs <name>`)", file=sys.stderr)
+    missing = [e.name for e, m in runs if m is None]
+    print(f"poster: wrote {args.out} ({len(found)}/{len(runs)} experiments"
+          + (f", {len(runs) - len(found) - len(missing)} diverged" if len(runs) - len(found) > len(missing) else "")
+          + ")")
+    if missing:
+        print(f"poster: not run: {', '.join(missing)} (see `dvc queue logs <name>`)", file=sys.stderr)
         return 1
     return 0
 

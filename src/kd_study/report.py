@@ -6,9 +6,9 @@ from pathlib import Path
 
 from kd.paths import metrics_file
 from kd_study import report_cifar, report_cost, report_gap, report_history, report_methods
-from kd_study.experiments import METHOD_SEEDS, OMITTED_DIGIT, Experiment
+from kd_study.experiments import FAILED, METHOD_SEEDS, OMITTED_DIGIT, Experiment
 from kd_study.report_plots import plots
-from kd_study.runs import (BEFORE_AND_AFTER_FIX, Run, at_temperature, finished, gain_test, of_kind, of_part, pct,
+from kd_study.runs import (BEFORE_AND_AFTER_FIX, Run, at_temperature, failed_runs, finished, gain_test, of_kind, of_part, pct,
                            scores, table, val_acc)
 
 # Published numbers, as the poster and the papers state them (test accuracy, %).
@@ -187,6 +187,11 @@ def write_report(path: Path, runs: list[Run], *, header: list[str], temperatures
         lines += report_methods.methods_section(runs, method_seeds, path.with_suffix("") / "machine-time.csv",
                                                 commits)
     missing = [e.name for e, m in runs if m is None]
+    diverged = failed_runs(runs)
+    if diverged:
+        lines += ["## Diverged", "", "These runs failed because a training loss became NaN or inf, on the code and "
+                  "params shown; a tuning grid counts such a point as its worst, and they are not rerun: " +
+                  ", ".join(f"{e.name} ({m[FAILED]})" for e, m in diverged), ""]
     if missing:
         lines += ["## Not run", "", "These experiments failed or did not finish (`dvc queue logs <name>` "
                   "shows why): " + ", ".join(missing), ""]

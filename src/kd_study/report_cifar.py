@@ -14,7 +14,7 @@ from kd_study.experiments import (BUDGETS, CIFAR_FAMILIES, CIFAR_TUNE_SEED, GRID
                                   STUDY_TEACHER_EPOCHS, TEACHER_SEEDS, TUNE_BUDGET, TUNED, WEAK_TEACHER_EPOCHS,
                                   WEAKER_BY, choose_teachers)
 from kd_study.runs import (Run, by_seed, finished, holm, machine_totals, of_kind, of_part, paired, pct, scores,
-                           table, val_acc)
+                           table, val_acc, val_cell)
 
 LEVEL = 0.05
 NAMES = {"reversed": "reversed KD", "self": "self-KD", "hetero": "heterogeneous KD"}
@@ -111,7 +111,7 @@ def grids(runs: list[Run], chosen: dict) -> list[str]:
         for t in GRID["temperature"]:
             row = [f"T={t:g}"]
             for a in GRID["alpha"]:
-                cell = _cell(_val(runs, f"cifar-{kind}-e{TUNE_BUDGET}-T{t:g}-a{a:g}", "student"))
+                cell = val_cell(setting(runs, f"cifar-{kind}-e{TUNE_BUDGET}-T{t:g}-a{a:g}"), "student")
                 pick = chosen.get(kind) == {"temperature": t, "alpha": a}
                 row.append(f"**{cell}**" if pick else cell)
             rows.append(row)
@@ -120,7 +120,7 @@ def grids(runs: list[Run], chosen: dict) -> list[str]:
         lines += table(["", *(f"alpha={a:g}" for a in GRID["alpha"])], rows)
     rows = []
     for eps in SMOOTHING:
-        cell = _cell(_val(runs, f"cifar-smooth{eps:g}-e{TUNE_BUDGET}", "baseline"))
+        cell = val_cell(setting(runs, f"cifar-smooth{eps:g}-e{TUNE_BUDGET}"), "baseline")
         rows.append([f"{eps:g}", f"**{cell}**" if chosen.get("smooth") == {"baseline.label_smoothing": eps}
                      else cell])
     lines += ["Label smoothing of the true-label vgg8 student:", ""]

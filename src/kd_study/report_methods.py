@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kd_study.experiments import (CIFAR_FAMILIES, METHOD_PAIRS, METHOD_SEEDS, METHODS, STUDY_TEACHER_EPOCHS,
                                   TUNE_SEED, choose_methods, tune_kind)
-from kd_study.runs import Run, by_seed, finished, holm, machine_totals, mean_ci, paired, table, val_acc
+from kd_study.runs import Run, by_seed, failed_runs, finished, holm, machine_totals, mean_ci, paired, table, val_cell
 
 LEVEL = 0.05                                      # "beats": Holm-adjusted p below this, interval excluding 0
 KD = METHODS[0]
@@ -142,9 +142,7 @@ def tuning_table(runs: list[Run], pair: str, chosen: dict[str, str]) -> list[str
         cells = []
         for name, _ in m.settings:
             setting = f"methods-{pair}-{m.tag}-{name}"
-            point = finished(_at(runs, setting, (TUNE_SEED,)))
-            value = val_acc(point[0][1], "student") if point else None
-            cell = f"{setting_label(setting)}: " + ("not run" if value is None else f"{100 * value:.2f}")
+            cell = f"{setting_label(setting)}: " + val_cell(_at(runs, setting, (TUNE_SEED,)), "student")
             cells.append(f"**{cell}**" if chosen.get(m.tag) == setting else cell)
         rows.append([m.label, *cells])
     return table(["method", *(f"setting {i + 1}" for i in range(4))], rows)
@@ -165,7 +163,8 @@ def missing(runs: list[Run], pair: str, r: dict, seeds) -> str:
     """What one pair-budget still lacks, in words."""
     runs = _methods(runs)
     tuning = [(e, m) for e, m in runs if e.kind.startswith(f"tune-{pair}-")]
-    parts = [f"phase 1: {len(finished(tuning))} of {len(METHODS) * 4} tuning runs finished"]
+    parts = [f"phase 1: {len(finished(tuning)) + len(failed_runs(tuning))} of {len(METHODS) * 4} tuning runs "
+             "finished" + (f" ({len(failed_runs(tuning))} diverged)" if failed_runs(tuning) else "")]
     waiting = [m.label for m in METHODS if m.tag not in r["chosen"]]
     if waiting:
         parts.append(f"no setting chosen yet for {', '.join(waiting)}: a method chooses once its 4 tuning runs "
@@ -211,8 +210,10 @@ def methods_section(runs: list[Run], seeds=METHOD_SEEDS, machine_log: Path | Non
              "t-interval, the paired t-test's p and, in brackets, Holm's adjustment over the 9 comparisons of a "
              "pair-budget (4 methods against kd, 5 against the true-label student). A method **beats** another "
              f"when the Holm-adjusted p < {LEVEL:g} and the interval excludes 0 (bold).", ""]
-    status = (f"**Status: phase 1 (tuning, seed {TUNE_SEED}): {len(finished(tuning))} of {n_tuning} runs "
-              f"finished; phase 2 (seeds {', '.join(map(str, seeds))} at the chosen settings): "
+    ended = len(finished(tuning)) + len(failed_runs(tuning))
+    diverged = f" ({len(failed_runs(tuning))} diverged: a diverged setting ranks last)" if failed_runs(tuning) else ""
+    status = (f"**Status: phase 1 (tuning, seed {TUNE_SEED}): {ended} of {n_tuning} runs "
+              f"finished{diverged}; phase 2 (seeds {', '.join(map(str, seeds))} at the chosen settings): "
               f"{len(finished(seeded))} of {n_seeded} runs finished.**")
     lines += [status + ("" if done else " Results are shown only for a pair-budget whose runs have all "
                                         "finished; the others say what is missing."), ""]

@@ -11,7 +11,7 @@ import statistics
 from scipy import stats
 
 from kd.paths import metrics_file
-from kd_study.experiments import Experiment
+from kd_study.experiments import Experiment, failed
 
 # An experiment and its metrics files by path (kd.paths), None when it did not finish.
 Run = tuple[Experiment, "dict | None"]
@@ -21,7 +21,12 @@ BEFORE_AND_AFTER_FIX = (("before", ()), ("after", ("corrected",)))  # evaluate.j
 
 
 def finished(runs: list[Run]) -> list[Run]:
-    return [(e, m) for e, m in runs if m is not None]
+    return [(e, m) for e, m in runs if m is not None and not failed(m)]
+
+
+def failed_runs(runs: list[Run]) -> list[Run]:
+    """Runs that failed on this code and params (kd_study.experiments.FAILED)."""
+    return [(e, m) for e, m in runs if failed(m)]
 
 
 def of_part(runs: list[Run], part: str) -> list[Run]:
@@ -59,6 +64,15 @@ def scores(runs: list[Run], role: str, *key: str) -> list[float]:
 def val_acc(metrics: dict, role: str) -> float | None:
     """A model's validation accuracy (its metrics file): what tuning may look at, unlike test."""
     return (metrics.get(metrics_file(role).as_posix()) or {}).get("val_acc")
+
+
+def val_cell(runs: list[Run], role: str) -> str:
+    """A tuning point's validation accuracy % (its first finished run), or why there is none."""
+    if failed_runs(runs):
+        return "diverged"
+    point = finished(runs)
+    value = val_acc(point[0][1], role) if point else None
+    return "not run" if value is None else f"{100 * value:.2f}"
 
 
 def by_seed(runs: list[Run], role: str) -> dict[int, float]:
