@@ -89,7 +89,10 @@ def mnist_section(runs: list[Run], temperatures, main_t: float = 20) -> list[str
     lines += table(["model", "ours: test accuracy %", "test errors", "Hinton et al.", *EXTRA_HEADER], rows)
     lines += [f"KD gain (distilled − true labels, paired by seed): **{fmt_gain(g)} points**; "
               f"exceeds seed noise: {verdict(g)}. The poster: about 99% at T=20.", ""]
-    lines += ["### Temperature sweep", "", "![accuracy vs temperature](poster/temperature.png)", ""]
+    # A figure only of finished runs (report_plots draws it then): never an earlier run's beside "not run".
+    figure = ["![accuracy vs temperature](poster/temperature.png)", ""] if of_kind(finished(
+        of_part(runs, "mnist")), "sweep") else []
+    lines += ["### Temperature sweep", "", *figure]
     rows = []
     for t in temperatures:
         at_t = at_temperature(sweep, t)
@@ -108,7 +111,7 @@ def omit_section(runs: list[Run]) -> list[str]:
     lines = [f"## MNIST without {d}s in the student's transfer set", "",
              f"Both students never see a {d} in training (the teacher did). The bias correction adds one "
              f"scalar to the {d}-logit, fitted for accuracy on the validation split (never on test).", "",
-             "![omit-3](poster/omit.png)", ""]
+             *(["![omit-3](poster/omit.png)", ""] if finished(omit) else [])]
     rows = []
     for role, label in (("baseline", "student, true labels"), ("student", "student, distilled")):
         for when, fix in BEFORE_AND_AFTER_FIX:

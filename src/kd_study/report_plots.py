@@ -23,6 +23,8 @@ def plots(runs: list[Run], temperatures, out_dir: Path) -> None:
         fig.tight_layout(), fig.savefig(out_dir / name, dpi=120), plt.close(fig)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("temperature.png", "omit.png", "cifar-budget.png"):  # an earlier run's figure is not kept
+        (out_dir / name).unlink(missing_ok=True)                    # beside tables of runs still to come
     sweep = of_kind(finished(of_part(runs, "mnist")), "sweep")
     if sweep:
         fig, ax = plt.subplots(figsize=(6, 4))
