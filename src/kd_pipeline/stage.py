@@ -62,7 +62,7 @@ class StageRun:
         self.tracking.log_data_input(split_file("train"), f"{dataset}-train", "training")
         if summary["val_acc"] is not None:  # data.val_size 0: there is none
             self.tracking.log_data_input(split_file("val"), f"{dataset}-val", "validation")
-        self.tracking.log_model(model, role, load_split("test")[0][:4], file=model_file(role))
+        self.tracking.log_model(model, role, load_split("train")[0][:4], file=model_file(role))
 
 
 @contextmanager
