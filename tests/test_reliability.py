@@ -303,7 +303,9 @@ def test_a_stage_stops_with_its_dvc_and_the_rerun_resumes(built_project, tmp_pat
     hold, log = tmp_path / "hold", tmp_path / "dvc.log"
     with open(log, "w") as out:  # not a pipe: the orphaned stage would block on a full one
         dvc = subprocess.Popen(dvc_cmd("repro", "-s", "train_teacher"), cwd=proj, stdout=out, stderr=out,
-                               env=env(KD_HOLD_AFTER_EPOCH=f"1:{hold}", KD_TRACKING="1"), start_new_session=True)
+                               env=env(KD_HOLD_AFTER_EPOCH=f"1:{hold}", KD_TRACKING="1"), start_new_session=True,
+                               # as from a terminal, even when pytest runs under nohup (SIGHUP ignored, inherited)
+                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while not hold.exists() and dvc.poll() is None and time.monotonic() < deadline:
