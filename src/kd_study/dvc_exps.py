@@ -9,6 +9,7 @@ nothing.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -94,6 +95,39 @@ def pipeline_code(root: Path) -> list[str]:
                   | {"dvc.yaml"})
 
 
+def _path(entry) -> str:
+    return entry if isinstance(entry, str) else next(iter(entry))
+
+
+def stage_metrics(root: Path, targets: tuple[str, ...]) -> set[str]:
+    """The metrics files that `dvc exp run <targets>` writes: those of the targets and of every
+    stage upstream of them (a stage is upstream when a dep of a downstream one is, or lies
+    under, one of its outputs)."""
+    stages = parse_yaml((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    produced = {name: {_path(o).rstrip("/") for kind in ("outs", "metrics", "plots") for o in s.get(kind, [])}
+                for name, s in stages.items()}
+    todo, ran = list(targets), set()
+    while todo:
+        name = todo.pop()
+        if name in ran or name not in stages:
+            continue
+        ran.add(name)
+        deps = [str(d).rstrip("/") for d in stages[name].get("deps", [])]
+        todo += [other for other, outs in produced.items()
+                 if any(d == o or d.startswith(o + "/") for d in deps for o in outs)]
+    return {_path(m) for name in ran for m in stages[name].get("metrics", [])}
+
+
+def ran_only(root: Path, run: Shown, targets: tuple[str, ...]) -> Shown:
+    """`run` with only the metrics files its stages wrote: an experiment of some stages (a
+    teacher-only one) also carries the workspace's other metrics files, which it did not
+    regenerate (the default run's MNIST scores, say)."""
+    if not targets:
+        return run
+    keep = stage_metrics(root, targets)
+    return dataclasses.replace(run, metrics={p: m for p, m in run.metrics.items() if p in keep})
+
+
 def fingerprint(root: Path, code: list[str], rev: str | None = None) -> str:
     """Hash of (path, blob) of every tracked file under `code`: at commit `rev`, or as the
     working tree has it now (uncommitted edits included, as `git diff` would see them)."""
@@ -122,7 +156,7 @@ def current(root: Path, exps: list[Experiment], shown: list[Shown]) -> dict[str,
                 now = now or fingerprint(root, code)
                 same = run.code == now
             if same:
-                found[exp.name] = run
+                found[exp.name] = ran_only(root, run, exp.targets)
                 break
     return found
 

@@ -36,10 +36,18 @@ def at_temperature(runs: list[Run], t: float) -> list[Run]:
     return [(e, m) for e, m in runs if e.overrides.get("temperature") == t]
 
 
+def evaluated(e: Experiment) -> bool:
+    """Whether the experiment ran `evaluate`: a teacher-only one (targets train_teacher) did not,
+    and an evaluate.json in an old record of it is the workspace's, not its own."""
+    return not e.targets or bool({"evaluate", "export_onnx"} & set(e.targets))
+
+
 def scores(runs: list[Run], role: str, *key: str) -> list[float]:
     """evaluate.json's `role`.`key` of every finished run that has it, e.g. ("student", "accuracy")."""
     out = []
-    for _, metrics in finished(runs):
+    for e, metrics in finished(runs):
+        if not evaluated(e):
+            continue
         value = metrics.get(EVALUATION, {}).get(role)
         for k in key:
             value = value.get(k) if isinstance(value, dict) else None
