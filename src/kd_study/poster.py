@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from kd_study import dvc_exps, experiments, record
+from kd_study import dvc_exps, experiments, record, report_history
 from kd_study.experiments import CIFAR_PROFILE, METHOD_SEEDS, PARTS, SEEDS, TEMPERATURES, PosterError
 from kd_study.report import write_report
 
@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     record_file = root / Path(args.out).with_suffix("") / "runs.jsonl"
     try:
         recorded = record.load(record_file)
+        report_history.check(root / args.out)  # a bad design-changes entry stops us before any run
         shown = dvc_exps.show(root)
 
         def phase(part: str, exps: list[experiments.Experiment], step: str = "") -> dict[str, dvc_exps.Shown]:
