@@ -5,7 +5,7 @@ import statistics
 from pathlib import Path
 
 from kd.paths import metrics_file
-from kd_study import report_cifar, report_methods
+from kd_study import report_cifar, report_cost, report_gap, report_history, report_methods
 from kd_study.experiments import METHOD_SEEDS, OMITTED_DIGIT, Experiment
 from kd_study.report_plots import plots
 from kd_study.runs import (BEFORE_AND_AFTER_FIX, Run, at_temperature, finished, gain_test, of_kind, of_part, pct,
@@ -153,6 +153,7 @@ def write_report(path: Path, runs: list[Run], *, header: list[str], temperatures
         lines += hinton_section(runs)
     if "cifar" in parts:
         lines += report_cifar.cifar_section(runs, chosen or {})
+        lines += report_gap.gap_section(path.with_suffix("")) + report_cost.cost_section(path.with_suffix(""))
     if "methods" in parts:
         lines += report_methods.methods_section(runs, method_seeds, path.with_suffix("") / "machine-time.csv",
                                                 commits)
@@ -161,6 +162,7 @@ def write_report(path: Path, runs: list[Run], *, header: list[str], temperatures
         lines += ["## Not run", "", "These experiments failed or did not finish (`dvc queue logs <name>` "
                   "shows why): " + ", ".join(missing), ""]
     lines += report_cifar.machine_time(path.with_suffix("") / "machine-time.csv", commits)
+    lines += report_history.design_changes_section(path)
     lines += earlier_reports(path)
     lines += ["## Experiments", "", "`dvc exp show` lists them (on the commit they ran from); the rows above "
               "average these:", ""]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from kd_study.experiments import OMITTED_DIGIT
 from kd_study.report_cifar import budget_plot
+from kd_study.report_gap import gap_plot
 from kd_study.runs import BEFORE_AND_AFTER_FIX, Run, at_temperature, finished, of_kind, of_part, scores
 
 
@@ -52,3 +53,5 @@ def plots(runs: list[Run], temperatures, out_dir: Path) -> None:
         ax.set(ylabel=f"test accuracy on {OMITTED_DIGIT}s %", ylim=(0, 100))
         save(fig, "omit.png")
     budget_plot(runs, out_dir)
+    if any(e.part == "cifar" for e, _ in runs):
+        gap_plot(out_dir, out_dir)  # the records beside the report, of every design
