@@ -26,6 +26,17 @@ def need_mirror(dataset: str = "mnist") -> Path:
     return MIRROR
 
 
+def pytest_report_header(config):
+    """What a CI log's first lines need to explain a failure that is the machine's: CPU, free
+    disk where the tests write, the mirror."""
+    tmp = Path(os.environ.get("TMPDIR") or "/tmp")
+    free = shutil.disk_usage(tmp).free / 2**30
+    return [f"kd: torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+            f"{os.cpu_count()} CPUs; {free:.1f} GiB free in {tmp}; mirror "
+            + ", ".join(f"{d} {'present' if (MIRROR / d).is_dir() else 'absent'}" for d in ("mnist", "cifar10-jpeg"))
+            + f" at {MIRROR}"]
+
+
 @pytest.fixture
 def mirror() -> Path:
     return need_mirror("mnist")

@@ -218,6 +218,7 @@ def grid(base: dict, kind: str, teacher_epochs: int = STUDY_TEACHER_EPOCHS) -> l
 
 
 def val_of(metrics: dict | None, role: str) -> float | None:
+    """A model's validation accuracy (its metrics file): what tuning may look at, unlike test."""
     return ((metrics or {}).get(metrics_file(role).as_posix()) or {}).get("val_acc")
 
 

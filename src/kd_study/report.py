@@ -6,10 +6,10 @@ from pathlib import Path
 
 from kd.paths import metrics_file
 from kd_study import report_cifar, report_cost, report_gap, report_history, report_methods
-from kd_study.experiments import FAILED, METHOD_SEEDS, OMITTED_DIGIT, Experiment
+from kd_study.experiments import FAILED, METHOD_SEEDS, OMITTED_DIGIT, Experiment, val_of
 from kd_study.report_plots import plots
 from kd_study.runs import (BEFORE_AND_AFTER_FIX, Run, at_temperature, failed_runs, finished, gain_test, of_kind, of_part, pct,
-                           scores, table, val_acc)
+                           scores, table)
 
 # Published numbers, as the poster and the papers state them (test accuracy, %).
 HINTON = {"teacher": "99.33 (67 errors)", "baseline": "98.54 (146 errors)", "student": "99.26 (74 errors)"}
@@ -169,7 +169,7 @@ def hinton_section(runs: list[Run]) -> list[str]:
 
 
 def _val_pct(metrics: dict | None, role: str) -> str:
-    value = None if metrics is None else val_acc(metrics, role)
+    value = None if metrics is None else val_of(metrics, role)
     return "not run" if value is None else f"{100 * value:.2f}"
 
 

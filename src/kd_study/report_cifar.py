@@ -12,9 +12,9 @@ from scipy import stats
 
 from kd_study.experiments import (BUDGETS, CIFAR_FAMILIES, CIFAR_TUNE_SEED, GRID, LONGEST, SMOOTHING,
                                   STUDY_TEACHER_EPOCHS, TEACHER_SEEDS, TUNE_BUDGET, TUNED, WEAK_TEACHER_EPOCHS,
-                                  WEAKER_BY, choose_teachers)
+                                  WEAKER_BY, choose_teachers, val_of)
 from kd_study.runs import (Run, by_seed, finished, holm, machine_totals, of_kind, of_part, paired, pct, scores,
-                           table, val_acc, val_cell)
+                           table, val_cell)
 
 LEVEL = 0.05
 NAMES = {"reversed": "reversed KD", "self": "self-KD", "hetero": "heterogeneous KD"}
@@ -68,7 +68,7 @@ def _cell(value: float | None) -> str:
 
 def _val(runs: list[Run], name: str, role: str) -> float | None:
     point = finished(setting(runs, name))
-    return val_acc(point[0][1], role) if point else None
+    return val_of(point[0][1], role) if point else None
 
 
 # ---- sections ---------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def grids(runs: list[Run], chosen: dict) -> list[str]:
                 pick = chosen.get(kind) == {"temperature": t, "alpha": a}
                 row.append(f"**{cell}**" if pick else cell)
             rows.append(row)
-        base = [val_acc(m, "baseline") for _, m in finished(of_kind(runs, f"grid-{kind}"))]
+        base = [val_of(m, "baseline") for _, m in finished(of_kind(runs, f"grid-{kind}"))]
         lines += [f"{LABEL[kind]} (true-label student: {_cell(base[0] if base else None)}):", ""]
         lines += table(["", *(f"alpha={a:g}" for a in GRID["alpha"])], rows)
     rows = []

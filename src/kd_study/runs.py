@@ -11,7 +11,7 @@ import statistics
 from scipy import stats
 
 from kd.paths import metrics_file
-from kd_study.experiments import Experiment, failed
+from kd_study.experiments import Experiment, failed, val_of
 
 # An experiment and its metrics files by path (kd.paths), None when it did not finish.
 Run = tuple[Experiment, "dict | None"]
@@ -61,17 +61,12 @@ def scores(runs: list[Run], role: str, *key: str) -> list[float]:
     return out
 
 
-def val_acc(metrics: dict, role: str) -> float | None:
-    """A model's validation accuracy (its metrics file): what tuning may look at, unlike test."""
-    return (metrics.get(metrics_file(role).as_posix()) or {}).get("val_acc")
-
-
 def val_cell(runs: list[Run], role: str) -> str:
     """A tuning point's validation accuracy % (its first finished run), or why there is none."""
     if failed_runs(runs):
         return "diverged"
     point = finished(runs)
-    value = val_acc(point[0][1], role) if point else None
+    value = val_of(point[0][1], role) if point else None
     return "not run" if value is None else f"{100 * value:.2f}"
 
 
