@@ -3,6 +3,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def need_mirror(dataset: str = "mnist") -> Path:
 def pytest_report_header(config):
     """What a CI log's first lines need to explain a failure that is the machine's: CPU, free
     disk where the tests write, the mirror."""
-    tmp = Path(os.environ.get("TMPDIR") or "/tmp")
+    tmp = Path(tempfile.gettempdir())  # where pytest's tmp_path lives
     free = shutil.disk_usage(tmp).free / 2**30
     return [f"kd: torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
             f"{os.cpu_count()} CPUs; {free:.1f} GiB free in {tmp}; mirror "

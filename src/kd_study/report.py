@@ -169,7 +169,7 @@ def hinton_section(runs: list[Run]) -> list[str]:
 
 
 def _val_pct(metrics: dict | None, role: str) -> str:
-    value = None if metrics is None else val_of(metrics, role)
+    value = val_of(metrics, role)
     return "not run" if value is None else f"{100 * value:.2f}"
 
 
