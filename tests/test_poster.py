@@ -442,6 +442,25 @@ def test_a_time_limit_runs_one_at_a_time_and_the_next_run_goes_on(fake, capsys):
     assert "--hours must be 0 or more, got -1" in capsys.readouterr().err
 
 
+def test_a_part_run_alone_keeps_the_other_parts_in_the_report(fake, capsys):
+    shutil.copytree(REPO / "profiles", fake / "profiles")
+    assert run_poster() == 0  # mnist at seeds 0 1 and T=20
+    # hinton alone, under a time limit that starts nothing: the report keeps the MNIST part (as
+    # `make poster` plans it: seeds 0-2, six temperatures, so 4 of 21 done) and only the named
+    # part's missing experiments fail the command; parts with nothing finished stay out.
+    assert run_poster(["--parts", "hinton", "--hours", "0"]) == 1
+    assert dvc_calls("exp", "run") == []
+    out, err = capsys.readouterr()
+    assert "poster: mnist: 21 experiments, 4 up to date, not named in --parts: report only" in out
+    assert "cifar" not in out and "methods" not in out
+    assert "not run: hinton-teacher-e150-s100" in err and "mnist-" not in err.split("not run:")[-1]
+    report = (fake / "reports" / "poster.md").read_text()
+    assert "- mnist: 4 of 21 experiments finished (report only)" in report
+    assert "## MNIST: normal KD (Hinton et al. 2015)" in report and "## MNIST at Hinton's level" in report
+    assert "Seeds [0, 1, 2] (mnist, hinton): every mean" in report and "## CIFAR-10" not in report
+    assert "mnist-T20-s0" in report.split("## Experiments")[1] and "mnist-T4-s2" in report.split("## Not run")[1]
+
+
 def test_a_report_outside_the_project_is_written(fake, tmp_path):
     assert run_poster([*SMALL, "--report-only", "--out", str(tmp_path / "elsewhere" / "poster.md")]) == 1
     assert "mnist: 0 of 4 experiments finished" in (tmp_path / "elsewhere" / "poster.md").read_text()

@@ -41,9 +41,12 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(prog="python -m kd_study.poster", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                    help="the parts to run (default: all); the report still holds every part with a finished "
+                         "experiment, the parts not named as their defaults plan them")
     ap.add_argument("--seeds", nargs="+", type=int, default=None,
-                    help=f"student seeds (default: {' '.join(map(str, SEEDS))}; the methods study "
+                    help=f"student seeds of the parts named (default: {' '.join(map(str, SEEDS))}; the CIFAR "
+                         f"study {' '.join(map(str, CIFAR_SEEDS))}; the methods study "
                          f"{' '.join(map(str, METHOD_SEEDS))})")
     ap.add_argument("--temperatures", nargs="+", type=float, default=list(TEMPERATURES))
     ap.add_argument("--profile", default=CIFAR_PROFILE, help="params file of the CIFAR-10 part")
@@ -63,10 +66,14 @@ def main(argv=None) -> int:
     if not (root / "dvc.yaml").is_file():
         print("poster: run from the project root (where dvc.yaml is)", file=sys.stderr)
         return 2
-    temps = [int(t) if float(t).is_integer() else t for t in args.temperatures]
-    seeds = list(SEEDS) if args.seeds is None else args.seeds
-    method_seeds = list(METHOD_SEEDS) if args.seeds is None else args.seeds
-    cifar_seeds = list(CIFAR_SEEDS) if args.seeds is None else args.seeds
+    # --seeds, --temperatures and --profile are options of the parts named; the others are only
+    # reported, as `make poster` with no options plans them, so a part run alone keeps the rest.
+    asked = {part: part in args.parts for part in PARTS}
+    default_seeds = {"mnist": SEEDS, "hinton": SEEDS, "cifar": CIFAR_SEEDS, "methods": METHOD_SEEDS}
+    seeds = {p: list(args.seeds if args.seeds is not None and asked[p] else default_seeds[p]) for p in PARTS}
+    temps = ([int(t) if float(t).is_integer() else t for t in args.temperatures] if asked["mnist"]
+             else list(TEMPERATURES))
+    profile = {p: args.profile if asked[p] else CIFAR_PROFILE for p in PARTS}
     started = time.perf_counter()
     deadline = None if args.hours is None else time.time() + 3600 * args.hours
     lines, everything = [], []
@@ -80,16 +87,20 @@ def main(argv=None) -> int:
         def phase(part: str, exps: list[experiments.Experiment], step: str = "") -> dict[str, dvc_exps.Shown]:
             """Run what is not up to date yet; the finished ones, by name."""
             nonlocal shown
+            named, report_only = asked[part], args.report_only or not asked[part]
             budget, part = BUDGET_MIN[part], f"{part} {step}".strip()
             reused = dvc_exps.current(root, exps, shown + recorded)
             # A run that diverged on this code and params is a result (the worst point of its grid): not rerun.
             failures.update(dvc_exps.diverged(root, [e for e in exps if e.name not in reused], shown))
             todo = [e for e in exps if e.name not in reused and e.name not in failures]
-            print(f"poster: {part}: {len(exps)} experiments, {len(reused)} up to date, {len(todo)} to run", flush=True)
+            if named or reused:
+                print(f"poster: {part}: {len(exps)} experiments, {len(reused)} up to date, "
+                      + (f"{len(todo)} to run" if named else "not named in --parts: report only"), flush=True)
             everything.extend(exps)
             record.save(record_file, root, dvc_exps.pipeline_code(root), list(reused.values()))
-            if args.report_only:
-                lines.append(f"- {part}: {len(reused)} of {len(exps)} experiments finished (report only)")
+            if report_only:
+                if reused or named:
+                    lines.append(f"- {part}: {len(reused)} of {len(exps)} experiments finished (report only)")
                 return reused
             part_started = time.perf_counter()
             dvc_exps.run(root, todo, shown, deadline)
@@ -113,14 +124,17 @@ def main(argv=None) -> int:
             return [(e, done[e.name].metrics if e.name in done else
                      {experiments.FAILED: failures[e.name]} if e.name in failures else None) for e in exps]
 
-        for part, exps in experiments.plan(root, args.parts, seeds, temps, args.profile).items():
+        for part in [*args.parts, *(p for p in PARTS if not asked[p])]:  # the parts named run first
+            if not asked[part] and not _plannable(root, part, profile[part]):
+                continue  # its profile is not in this project: none of its experiments can have run
+            exps = experiments.plan(root, [part], seeds[part], temps, profile[part])[part]
             if part == "cifar":  # docs/cifar-study.md
                 done = phase("cifar", exps, "tuning")  # teachers, baselines and grids, at the tuning seed
                 teachers = experiments.choose_teachers(with_metrics(exps, done))
-                more = experiments.reversed_tuning_runs(root, teachers, args.profile)
+                more = experiments.reversed_tuning_runs(root, teachers, profile[part])
                 done = {**done, **(phase("cifar", more, "reversed tuning") if more else {})}
                 chosen = experiments.choose(with_metrics(exps + more, done))
-                phase("cifar", experiments.study_runs(root, chosen, teachers, cifar_seeds, args.profile), "study")
+                phase("cifar", experiments.study_runs(root, chosen, teachers, seeds[part], profile[part]), "study")
             elif part == "hinton":  # docs/hinton-study.md
                 done = phase("hinton", exps, "teacher")
                 epochs = experiments.choose_hinton_teacher(with_metrics(exps, done))
@@ -129,7 +143,8 @@ def main(argv=None) -> int:
                 done = phase("hinton", grid, "student") if grid else {}
                 picked = experiments.choose_hinton_student(with_metrics(grid, done))
                 if picked is not None:
-                    phase("hinton", experiments.per_seed("hinton", experiments.hinton_final(root, picked), seeds),
+                    phase("hinton", experiments.per_seed("hinton", experiments.hinton_final(root, picked),
+                                                         seeds[part]),
                           "final")
             elif part == "methods":
                 # Pair-budget by pair-budget (MNIST first: cheap), each in the CIFAR study's two phases.
@@ -137,11 +152,13 @@ def main(argv=None) -> int:
                     tuning = experiments.of_pair(exps, pair)
                     done = phase("methods", tuning, f"{pair} tuning")  # 5 methods x 4 settings, the tuning seed
                     picked = experiments.choose_methods(with_metrics(tuning, done))
-                    phase("methods", experiments.methods_seeds(root, picked, method_seeds, args.profile, (pair,)),
+                    phase("methods", experiments.methods_seeds(root, picked, seeds[part], profile[part], (pair,)),
                           f"{pair} seeds")
             else:
                 phase(part, exps)
         found = dvc_exps.current(root, everything, shown + recorded)
+        reported = [p for p in PARTS if asked[p] or any(e.part == p and e.name in found for e in everything)]
+        everything = [e for e in everything if e.part in reported]
         commit = dvc_exps.git(root, "rev-parse", "--short", "HEAD").stdout.strip()
         # The report's own files do not make the code dirty: a rerun rewrites them.
         out, top = (root / args.out).resolve(), root.resolve()
@@ -160,17 +177,18 @@ def main(argv=None) -> int:
                                                      f"Total wall time **{_hm(time.perf_counter() - started)}**:"),
               "", *lines, *args.note, "",
               f"Experiments ran on commit {_baselines(found)}. Seeds "
-              f"{_seeds(args.parts, seeds, method_seeds, cifar_seeds)}: every mean ± std is over the student "
+              f"{_seeds(reported, seeds)}: every mean ± std is over the student "
               "seeds (sample std); one teacher per setting (`teacher.seed: 0`), except in the CIFAR study, where "
               "student seed k learns from teacher seed k mod 2. Tuning runs use seed 100, never an evaluation "
               "seed. \"Exceeds seed noise\": a paired t-test over seeds of distilled vs true-label student, "
               "p < 0.05."]
     runs = with_metrics(everything, found)
     write_report(root / args.out, runs, header=header, temperatures=temps, chosen=chosen,
-                 commits={run.baseline for run in found.values()}, method_seeds=method_seeds)
-    missing = [e.name for e, m in runs if m is None]
+                 commits={run.baseline for run in found.values()}, method_seeds=seeds["methods"])
+    missing = [e.name for e, m in runs if m is None and asked[e.part]]
+    unfinished = sum(m is None for _, m in runs)
     print(f"poster: wrote {args.out} ({len(found)}/{len(runs)} experiments"
-          + (f", {len(runs) - len(found) - len(missing)} diverged" if len(runs) - len(found) > len(missing) else "")
+          + (f", {len(runs) - len(found) - unfinished} diverged" if len(runs) - len(found) > unfinished else "")
           + ")")
     if missing:
         print(f"poster: not run: {', '.join(missing)} (see `dvc queue logs <name>`)", file=sys.stderr)
@@ -199,13 +217,18 @@ def log_machine_time(path: Path, part: str, experiments_run: int, seconds: float
                       torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"])
 
 
-def _seeds(parts, seeds: list[int], method_seeds: list[int], cifar_seeds: list[int]) -> str:
+def _seeds(parts, seeds: dict[str, list[int]]) -> str:
     """The evaluation seeds of each part, parts with the same seeds together."""
-    per = {"mnist": seeds, "hinton": seeds, "cifar": cifar_seeds, "methods": method_seeds}
     groups: dict[tuple, list[str]] = {}
     for part in parts:
-        groups.setdefault(tuple(per[part]), []).append(part)
+        groups.setdefault(tuple(seeds[part]), []).append(part)
     return "; ".join(f"{list(s)} ({', '.join(ps)})" for s, ps in groups.items())
+
+
+def _plannable(root: Path, part: str, profile: str) -> bool:
+    """Whether this project holds the params file `part` is planned from."""
+    needs = {"hinton": experiments.HINTON_PROFILE, "cifar": profile, "methods": profile}.get(part)
+    return needs is None or (root / needs).is_file()
 
 
 def _baselines(found: dict[str, dvc_exps.Shown]) -> str:
