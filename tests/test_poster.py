@@ -233,7 +233,8 @@ def test_reports_kept_from_earlier_code_stay_linked(tmp_path):
 
 FAKE_DVC = '''\
 """A scripted `dvc`: experiments live in $FAKE_DVC_STATE (JSON); each call is recorded.
-`exp run --run-all` "runs" the queued ones; those named in $FAKE_DVC_FAIL fail."""
+`exp run --run-all` "runs" the queued ones; those named in $FAKE_DVC_FAIL fail. With
+$FAKE_DVC_DETACHED, --run-all returns at once and a worker runs them as `exp show` is called."""
 import json, os, subprocess, sys
 import yaml
 
@@ -243,13 +244,31 @@ args = sys.argv[1:]
 state["calls"].append(args)
 head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 exps = state["exps"]
+
+
+def finish(e):
+    failed = e["name"] in (os.environ.get("FAKE_DVC_FAIL", "") + "," + os.environ.get("FAKE_DVC_DIVERGE", "")).split(",")
+    e["state"] = "failed" if failed else "success"
+    if not failed:  # as DVC keeps it: refs/exps/<baseline sha[:2]>/<its rest>/<name>
+        subprocess.run(["git", "update-ref", f"refs/exps/{head[:2]}/{head[2:]}/{e['name']}", head])
+    acc = 0.98 + e["params"]["seed"] / 1000
+    e["metrics"] = {} if failed else {"metrics/evaluate.json": {
+        "teacher": {"accuracy": 0.99}, "baseline": {"accuracy": acc}, "student": {"accuracy": acc + 0.005}}}
+
+
+detached = os.environ.get("FAKE_DVC_DETACHED")  # "race": --run-all returns at once; "lost": and it never runs
 if args[:2] == ["exp", "show"]:
     revs = [args[i + 1] for i, a in enumerate(args) if a == "--rev"]
     print(json.dumps([{"rev": "workspace", "experiments": None}] + [{"rev": rev, "experiments": [
         {"name": e["name"], "executor": {"state": e["state"]}, "revs": [{"rev": e["rev"], "name": e["name"], "data": {
             "params": {"params.yaml": {"data": e["params"]}},
             "metrics": {p: {"data": d} for p, d in e["metrics"].items()}}}]}
-        for e in exps if e["baseline"] == rev]} for rev in revs]))
+        for e in exps if e["baseline"] == rev and e["state"] != "taken"]} for rev in revs]))
+    for e in exps if detached == "race" else []:  # taken by the worker, unlisted -> running -> done
+        if e["state"] == "running":
+            finish(e)
+        elif e["state"] == "taken":
+            e["state"] = "running"
 elif args[:3] == ["exp", "run", "--queue"]:
     params = yaml.safe_load(open("params.yaml"))
     for key, value in (a.split("=", 1) for a in args[args.index("-n") + 2:] if "=" in a):
@@ -263,14 +282,10 @@ elif args[:3] == ["exp", "run", "--queue"]:
 elif args[:3] == ["exp", "run", "--run-all"]:
     for e in exps:
         if e["state"] == "queued":
-            failed = e["name"] in (os.environ.get("FAKE_DVC_FAIL", "") + ","
-                                   + os.environ.get("FAKE_DVC_DIVERGE", "")).split(",")
-            e["state"] = "failed" if failed else "success"
-            if not failed:  # as DVC keeps it: refs/exps/<baseline sha[:2]>/<its rest>/<name>
-                subprocess.run(["git", "update-ref", f"refs/exps/{head[:2]}/{head[2:]}/{e['name']}", head])
-            acc = 0.98 + e["params"]["seed"] / 1000
-            e["metrics"] = {} if failed else {"metrics/evaluate.json": {
-                "teacher": {"accuracy": 0.99}, "baseline": {"accuracy": acc}, "student": {"accuracy": acc + 0.005}}}
+            if detached:
+                e["state"] = "taken"
+            else:
+                finish(e)
 elif args[:2] == ["queue", "logs"]:
     if args[2] in os.environ.get("FAKE_DVC_DIVERGE", "").split(","):
         print("[train_student] error: loss is nan at epoch 2, batch 188; lower the learning rate")
@@ -459,6 +474,20 @@ def test_a_part_run_alone_keeps_the_other_parts_in_the_report(fake, capsys):
     assert "## MNIST: normal KD (Hinton et al. 2015)" in report and "## MNIST at Hinton's level" in report
     assert "Seeds [0, 1, 2] (mnist, hinton): every mean" in report and "## CIFAR-10" not in report
     assert "mnist-T20-s0" in report.split("## Experiments")[1] and "mnist-T4-s2" in report.split("## Not run")[1]
+
+
+def test_an_experiment_still_running_when_run_all_returns_is_waited_for(fake, monkeypatch, capsys):
+    """`dvc exp run --run-all` can return while a worker left by the previous call runs the new
+    experiment unlisted (DVC 3.67.1): the driver waits until it has finished."""
+    monkeypatch.setattr(dvc_exps, "POLL_S", 0)
+    monkeypatch.setenv("FAKE_DVC_DETACHED", "race")
+    assert run_poster([*SMALL, "--hours", "1"]) == 0
+    assert "4 run now and 0 reused" in (fake / "reports" / "poster.md").read_text()
+    # One that no worker ever lists is given up on after LOST_S, and reported as not run.
+    monkeypatch.setenv("FAKE_DVC_DETACHED", "lost")
+    monkeypatch.setattr(dvc_exps, "LOST_S", 0)
+    assert run_poster(["--parts", "mnist", "--seeds", "5", "--temperatures", "20", "--hours", "1"]) == 1
+    assert "not run: mnist-T20-s5, mnist-omit3-s5" in capsys.readouterr().err
 
 
 def test_a_report_outside_the_project_is_written(fake, tmp_path):

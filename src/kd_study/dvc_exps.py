@@ -204,7 +204,31 @@ def run(root: Path, exps: list[Experiment], shown: list[Shown], deadline: float 
             print(f"poster: the time limit is reached: {len(exps) - done} experiments left for the next run",
                   flush=True)
             return
+        on = git(root, "rev-parse", "HEAD").stdout.strip()  # the baseline DVC gives what it queues now
         for exp in batch:
             dvc(root, "exp", "run", "--queue", "-n", exp.name, *exp.set_args(), *exp.targets)
         # DVC's own log of every experiment, streamed to ours; it exits 0 even when one failed.
         subprocess.run(["dvc", "exp", "run", "--run-all", "--jobs", "1"], cwd=root)
+        wait(root, {e.name for e in batch}, on)
+
+
+POLL_S, LOST_S = 30.0, 600.0
+
+
+def wait(root: Path, names: set[str], baseline: str) -> None:
+    """Block until every experiment of `names` queued on `baseline` has succeeded or failed.
+    `dvc exp run --run-all` follows the experiments it finds queued or running when it starts,
+    and a worker left by the previous call can take a new task before the queue lists it as
+    running (DVC 3.67.1, seen on 2026-12-07): that call then returns at once, the experiment
+    still running in the background. One that stays unlisted for LOST_S is given up on (it is
+    then "not run", as a failed one is)."""
+    listed = time.time()
+    while True:
+        states = {s.name: s.state for s in show(root) if s.baseline == baseline and s.name in names}
+        if all(states.get(n) in ("success", "failed") for n in names):
+            return
+        if any(states.get(n) in BUSY for n in names):
+            listed = time.time()
+        elif time.time() - listed > LOST_S:
+            return
+        time.sleep(POLL_S)
