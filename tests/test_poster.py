@@ -250,7 +250,8 @@ def finish(e):
     failed = e["name"] in (os.environ.get("FAKE_DVC_FAIL", "") + "," + os.environ.get("FAKE_DVC_DIVERGE", "")).split(",")
     e["state"] = "failed" if failed else "success"
     if not failed:  # as DVC keeps it: refs/exps/<baseline sha[:2]>/<its rest>/<name>
-        subprocess.run(["git", "update-ref", f"refs/exps/{head[:2]}/{head[2:]}/{e['name']}", head])
+        base = e["baseline"]
+        subprocess.run(["git", "update-ref", f"refs/exps/{base[:2]}/{base[2:]}/{e['name']}", base])
     acc = 0.98 + e["params"]["seed"] / 1000
     e["metrics"] = {} if failed else {"metrics/evaluate.json": {
         "teacher": {"accuracy": 0.99}, "baseline": {"accuracy": acc}, "student": {"accuracy": acc + 0.005}}}
@@ -264,7 +265,8 @@ if args[:2] == ["exp", "show"]:
             "params": {"params.yaml": {"data": e["params"]}},
             "metrics": {p: {"data": d} for p, d in e["metrics"].items()}}}]}
         for e in exps if e["baseline"] == rev and e["state"] != "taken"]} for rev in revs]))
-    for e in exps if detached == "race" else []:  # taken by the worker, unlisted -> running -> done
+    # Taken by the worker, unlisted -> running -> done, one step per look at its baseline.
+    for e in [e for e in exps if e["baseline"] in revs] if detached == "race" else []:
         if e["state"] == "running":
             finish(e)
         elif e["state"] == "taken":
@@ -284,6 +286,8 @@ elif args[:3] == ["exp", "run", "--run-all"]:
         if e["state"] == "queued":
             if detached:
                 e["state"] = "taken"
+                if detached == "race":  # and the user commits something meanwhile
+                    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "meanwhile"])
             else:
                 finish(e)
 elif args[:2] == ["queue", "logs"]:
@@ -480,6 +484,7 @@ def test_an_experiment_still_running_when_run_all_returns_is_waited_for(fake, mo
     """`dvc exp run --run-all` can return while a worker left by the previous call runs the new
     experiment unlisted (DVC 3.67.1): the driver waits until it has finished."""
     monkeypatch.setattr(dvc_exps, "POLL_S", 0)
+    monkeypatch.setattr(dvc_exps, "LOST_S", 5)
     monkeypatch.setenv("FAKE_DVC_DETACHED", "race")
     assert run_poster([*SMALL, "--hours", "1"]) == 0
     assert "4 run now and 0 reused" in (fake / "reports" / "poster.md").read_text()

@@ -66,9 +66,10 @@ def baselines(root: Path) -> list[str]:
     return [git(root, "rev-parse", "HEAD").stdout.strip(), *sorted(shas)]
 
 
-def show(root: Path) -> list[Shown]:
-    """Every experiment DVC lists on those baselines: finished, failed, queued or running."""
-    revs = [arg for sha in dict.fromkeys(baselines(root)) for arg in ("--rev", sha)]
+def show(root: Path, *more: str) -> list[Shown]:
+    """Every experiment DVC lists on those baselines and the commits `more`: finished, failed,
+    queued or running."""
+    revs = [arg for sha in dict.fromkeys([*baselines(root), *more]) for arg in ("--rev", sha)]
     out = []
     for baseline in json.loads(dvc(root, "exp", "show", "--json", *revs).stdout):
         for exp in baseline.get("experiments") or []:
@@ -224,7 +225,8 @@ def wait(root: Path, names: set[str], baseline: str) -> None:
     then "not run", as a failed one is)."""
     listed = time.time()
     while True:
-        states = {s.name: s.state for s in show(root) if s.baseline == baseline and s.name in names}
+        # HEAD may have moved on (a commit while it runs): ask for the baseline by name.
+        states = {s.name: s.state for s in show(root, baseline) if s.baseline == baseline and s.name in names}
         if all(states.get(n) in ("success", "failed") for n in names):
             return
         if any(states.get(n) in BUSY for n in names):
