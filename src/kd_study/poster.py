@@ -87,7 +87,8 @@ def main(argv=None) -> int:
         def phase(part: str, exps: list[experiments.Experiment], step: str = "") -> dict[str, dvc_exps.Shown]:
             """Run what is not up to date yet; the finished ones, by name."""
             nonlocal shown
-            named, report_only = asked[part], args.report_only or not asked[part]
+            named = asked[part]
+            report_only = args.report_only or not named
             budget, part = BUDGET_MIN[part], f"{part} {step}".strip()
             reused = dvc_exps.current(root, exps, shown + recorded)
             # A run that diverged on this code and params is a result (the worst point of its grid): not rerun.
