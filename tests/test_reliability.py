@@ -363,3 +363,24 @@ def test_a_resume_state_whose_outputs_dvc_holds_is_removed_when_a_stage_starts(b
     assert evaluated.returncode == 0, evaluated.stderr
     assert f"[evaluate] removed {state}: DVC holds that stage's outputs for those inputs" in evaluated.stdout
     assert resume_states(proj) == [other]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="steps the clock as Linux's /proc/stat reports it")
+def test_a_clock_step_does_not_stop_a_stage_whose_dvc_lives(monkeypatch):
+    """A process's wall-clock start time is the kernel's btime plus its start since boot; a
+    clock step can carry btime over a second boundary (it stopped two live stages on 2026-12-07)."""
+    import psutil._pslinux
+
+    from kd_pipeline import parent_watch
+
+    dvc = psutil.Process(os.getppid())
+    assert not parent_watch._gone(dvc)
+    started = psutil.Process(dvc.pid).create_time()
+    real = psutil._pslinux.boot_time
+    monkeypatch.setattr(psutil._pslinux, "boot_time", lambda: real() + 1)  # btime one second on
+    assert psutil.Process(dvc.pid).create_time() == started + 1  # what the old check compared
+    assert not parent_watch._gone(dvc)
+    ended = subprocess.Popen([sys.executable, "-c", ""])
+    process = psutil.Process(ended.pid)
+    ended.wait()
+    assert parent_watch._gone(process)

@@ -59,8 +59,8 @@ def watch_dvc() -> None:
         threading.Thread(target=_watch, args=(chain,), name="kd-parent-watch", daemon=True).start()
 
 
-def _ancestors_up_to_dvc() -> list[tuple[int, float, str]]:
-    """(pid, start time, what it is) from the parent up to the first dvc process."""
+def _ancestors_up_to_dvc() -> list[tuple["psutil.Process", str]]:
+    """(process, what it is) from the parent up to the first dvc process."""
     import psutil  # a dependency of dvc
 
     chain = []
@@ -69,7 +69,7 @@ def _ancestors_up_to_dvc() -> list[tuple[int, float, str]]:
         while p is not None and p.pid > 1:
             cmd = p.cmdline()
             is_dvc = any(Path(t).name == "dvc" for t in cmd[:3])  # `dvc ...`, `python -m dvc ...`
-            chain.append((p.pid, p.create_time(), "its dvc process" if is_dvc else f"its parent {p.name()}"))
+            chain.append((p, "its dvc process" if is_dvc else f"its parent {p.name()}"))
             if is_dvc:
                 return chain
             p = p.parent()
@@ -78,27 +78,29 @@ def _ancestors_up_to_dvc() -> list[tuple[int, float, str]]:
     return chain[:1]  # no dvc among them (an odd launcher): the parent at least
 
 
-def _gone(pid: int, started: float) -> bool:
+def _gone(p: "psutil.Process") -> bool:
     import psutil
 
     try:
-        p = psutil.Process(pid)
+        # is_running() knows a process by its start in ticks since boot. Its start in wall-clock
+        # time (create_time()) moves by a whole second when a clock step carries the kernel's
+        # btime over a second boundary: that stopped two live stages on 2026-12-07.
         # A killed dvc stays a zombie until whoever started it reaps it.
-        return abs(p.create_time() - started) >= 0.01 or p.status() == psutil.STATUS_ZOMBIE
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
     except psutil.Error:
         return False
 
 
-def _watch(chain: list[tuple[int, float, str]]) -> None:
+def _watch(chain: list[tuple["psutil.Process", str]]) -> None:
     global _reason
     import time
 
     while True:
-        for pid, started, what in chain:
-            if _gone(pid, started):
-                _reason = f"{what} (pid {pid}) is gone"
+        for p, what in chain:
+            if _gone(p):
+                _reason = f"{what} (pid {p.pid}) is gone"
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
         time.sleep(POLL_SECONDS)
