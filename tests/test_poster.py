@@ -14,12 +14,13 @@ import pytest
 import yaml
 
 from conftest import PROJECT_FILES, REPO, need_mirror, sh
+from kd.params import flatten
 from kd.paths import metrics_file
 from kd_study import dvc_exps, poster
 from kd_study.experiments import Experiment, PosterError, profile_overrides
 from kd_study.experiments import (BUDGETS, CIFAR_SEEDS, STUDY_TEACHER_EPOCHS, WEAK_TEACHER_EPOCHS, choose,
                                   choose_hinton_student, choose_hinton_teacher, choose_teachers, hinton_final,
-                                  hinton_students, plan, reversed_tuning_runs, study_runs)
+                                  hinton_missed, hinton_students, plan, reversed_tuning_runs, study_runs)
 from kd_study.report import verdict, write_report
 from kd_study.runs import gain_test, pct
 
@@ -81,6 +82,8 @@ def test_the_hinton_study_chooses_on_validation_then_trains_on_every_image():
     (final,) = hinton_final(REPO, picked)
     assert final.overrides["data.val_size"] == 0 and final.overrides["teacher.max_norm"] == 3.5
     assert {k: final.overrides[k] for k in picked} == picked
+    assert hinton_missed([72, 74, 76], (0, 1, 2)) is False and hinton_missed([73, 74, 76], (0, 1, 2)) is True
+    assert hinton_missed([60, 60], (0, 1, 2)) is None  # a seed still running: no follow-ups yet
 
 
 STUDENT_M, BASELINE_M, TEACHER_M = (metrics_file(r).as_posix() for r in ("student", "baseline", "teacher"))
@@ -252,9 +255,11 @@ def finish(e):
     if not failed:  # as DVC keeps it: refs/exps/<baseline sha[:2]>/<its rest>/<name>
         base = e["baseline"]
         subprocess.run(["git", "update-ref", f"refs/exps/{base[:2]}/{base[2:]}/{e['name']}", base])
-    acc = 0.98 + e["params"]["seed"] / 1000
-    e["metrics"] = {} if failed else {"metrics/evaluate.json": {
-        "teacher": {"accuracy": 0.99}, "baseline": {"accuracy": acc}, "student": {"accuracy": acc + 0.005}}}
+    acc = {"teacher": 0.99, "baseline": 0.98 + e["params"]["seed"] / 1000}
+    acc["student"] = acc["baseline"] + float(os.environ.get("FAKE_DVC_GAIN", "0.005"))
+    e["metrics"] = {} if failed else {
+        "metrics/evaluate.json": {r: {"accuracy": a, "errors": round((1 - a) * 10000)} for r, a in acc.items()},
+        **{f"metrics/{r}.json": {"val_acc": a} for r, a in acc.items()}}
 
 
 detached = os.environ.get("FAKE_DVC_DETACHED")  # "race": --run-all returns at once; "lost": and it never runs
@@ -480,6 +485,34 @@ def test_a_part_run_alone_keeps_the_other_parts_in_the_report(fake, capsys):
     assert "mnist-T20-s0" in report.split("## Experiments")[1] and "mnist-T4-s2" in report.split("## Not run")[1]
 
 
+@pytest.mark.parametrize("gain, followed_up", [(0.005, True), (0.0125, False)])
+def test_the_hinton_study_runs_its_phases_and_follows_up_a_miss_of_74_errors(fake, capsys, gain, followed_up,
+                                                                              monkeypatch):
+    """Teachers, then the student grid, then the final models in one call; the follow-ups
+    (docs/hinton-study.md) only if the final students' mean test errors miss 74."""
+    shutil.copytree(REPO / "profiles", fake / "profiles")
+    monkeypatch.setenv("FAKE_DVC_GAIN", str(gain))  # students: 150 or 75 errors at seed 0, 10 fewer per seed
+    assert run_poster(["--parts", "hinton"]) == 0
+    names = queued()
+    assert {"hinton-teacher-e150-s100", "hinton-e150-a0.5-se20-s100", "hinton-final-e150-a0.5-se20-s2"} <= names
+    followups = {n for n in names if n.startswith("hinton-followup-")}
+    assert followups == ({f"hinton-followup-{f}-s{k}" for f in ("jitter", "se180", "fp32") for k in (0, 1, 2)}
+                         if followed_up else set())
+    report = (fake / "reports" / "poster.md").read_text().split("## MNIST at Hinton's level")[1]
+    assert ("Follow-ups, since the final students missed 74 errors" in report) == followed_up
+    if followed_up:  # the same 150, 140, 130 errors: the fake's students ignore the factor
+        assert "| student 180 epochs (true-label student too) | 140.0 ± 10.0 | 150, 140, 130 |" in report
+    state = json.loads(Path(os.environ["FAKE_DVC_STATE"]).read_text())
+    params = {e["name"]: e["params"] for e in state["exps"]}
+    final = params["hinton-final-e150-a0.5-se20-s0"]
+    for name, changed in (("jitter", {"student.jitter": 2, "soft_labels.views": 4}),
+                          ("se180", {"student.epochs": 180}), ("fp32", {"teacher.precision": "fp32"})):
+        if followed_up:  # the final recipe, exactly one factor changed
+            got = flatten(params[f"hinton-followup-{name}-s0"])
+            assert {k: v for k, v in got.items() if flatten(final)[k] != v} == changed
+    assert run_poster(["--parts", "hinton"]) == 0 and queued() == set()  # nothing left to run
+
+
 def test_an_experiment_still_running_when_run_all_returns_is_waited_for(fake, monkeypatch, capsys):
     """`dvc exp run --run-all` can return while a worker left by the previous call runs the new
     experiment unlisted (DVC 3.67.1): the driver waits until it has finished."""
@@ -702,7 +735,7 @@ def test_the_hinton_section_reports_each_phase_and_the_final_errors(tmp_path):
     assert "| 600 | 99.60 |" in text and "| 0.5 | 60 | 99.10 | 98.50 |" in text
     assert "| student, distilled (T=20) | 74.0 ± 2.0 | 72, 74, 76 |" in text
     assert "Teacher: 66 errors (Hinton: 67). Distilled students: mean 74.0 errors (Hinton: 74); at or below 74: " \
-           "2 of 3 seeds." in text
+           "2 of 3 seeds." in text and "Follow-ups" not in text
 
 
 def test_a_diverged_run_is_a_result_not_rerun_and_a_failed_one_runs_again(fake, monkeypatch):

@@ -26,6 +26,11 @@ HINTON_PROFILE = "profiles/mnist-hinton.yaml"
 HINTON_TEACHER_EPOCHS = (150, 300, 600)           # docs/hinton-study.md
 HINTON_STUDENT_GRID = ((0.5, 20), (0.5, 60), (0.9, 20), (0.9, 60))   # (alpha, student epochs)
 HINTON_TUNE_SEED = 100
+HINTON_TARGET_ERRORS = 74                        # the distilled student's test errors (Hinton et al.)
+# If the final models miss it, one factor at a time on the final recipe (docs/hinton-study.md):
+HINTON_FOLLOWUPS = {"jitter": {"student.jitter": 2, "soft_labels.views": 4},   # jittered transfer set
+                    "se180": {"student.epochs": 180},                          # 3x the chosen length
+                    "fp32": {"teacher.precision": "fp32"}}                      # teacher and soft labels
 CIFAR_PROFILE = "profiles/cifar10-cpu.yaml"
 PARTS = ("mnist", "hinton", "cifar", "methods")
 
@@ -183,6 +188,22 @@ def hinton_final(root: Path, chosen: dict[str, Any], profile: str = HINTON_PROFI
     e, a, n = chosen["teacher.epochs"], chosen["alpha"], chosen["student.epochs"]
     return [Setting(f"hinton-final-e{e}-a{a:g}-se{n}", "hinton-final",
                     {**profile_keys(root, profile), **chosen, "temperature": 20, "data.val_size": 0})]
+
+
+def hinton_missed(final_errors: list[float], seeds) -> bool | None:
+    """Whether the final distilled students' mean test errors miss HINTON_TARGET_ERRORS; None until
+    every seed has its errors."""
+    if not final_errors or len(final_errors) < len(seeds):
+        return None
+    return sum(final_errors) / len(final_errors) > HINTON_TARGET_ERRORS
+
+
+def hinton_followups(root: Path, chosen: dict[str, Any], profile: str = HINTON_PROFILE) -> list[Setting]:
+    """Phase 3, only if the final models miss 74 errors: the final recipe with one factor changed,
+    cheapest first (docs/hinton-study.md, "If 74 is not reached")."""
+    (final,) = hinton_final(root, chosen, profile)
+    return [Setting(f"hinton-followup-{tag}", "hinton-followup", {**final.overrides, **changes})
+            for tag, changes in HINTON_FOLLOWUPS.items()]
 
 
 def family(base: dict, kind: str, budget: int, teacher_epochs: int = STUDY_TEACHER_EPOCHS, **more) -> dict[str, Any]:

@@ -13,7 +13,8 @@ study cut short (the CIFAR-10 one takes hours) goes on where it stopped. The CIF
 study (docs/cifar-study.md) runs in phases: teachers, baselines and the validation grids at
 the tuning seed, reversed KD's grid once its weaker teacher is chosen, then the seeded runs with
 what the grids chose. The Hinton study (docs/hinton-study.md): the teacher's length, then the
-student's setting, then the final models on all 60k images. The methods study
+student's setting, then the final models on all 60k images, and if they miss 74 test errors,
+the follow-ups that change one factor each. The methods study
 (docs/methods-study.md) per pair-budget: each method's 4 settings at the tuning seed, then the
 chosen one at the evaluation seeds. A failed experiment is listed under "Not run" and the command exits 1.
 """
@@ -31,6 +32,7 @@ from pathlib import Path
 from kd_study import dvc_exps, experiments, record, report_history
 from kd_study.experiments import CIFAR_PROFILE, CIFAR_SEEDS, METHOD_SEEDS, PARTS, SEEDS, TEMPERATURES, PosterError
 from kd_study.report import write_report
+from kd_study.runs import scores
 
 # The issues' budgets on a 2-core machine; the CIFAR study's 6 hours may span several invocations.
 # The methods study's 11 hours: 120 student trainings, 40 of them 30 CIFAR epochs (about 10 min each).
@@ -144,9 +146,12 @@ def main(argv=None) -> int:
                 done = phase("hinton", grid, "student") if grid else {}
                 picked = experiments.choose_hinton_student(with_metrics(grid, done))
                 if picked is not None:
-                    phase("hinton", experiments.per_seed("hinton", experiments.hinton_final(root, picked),
-                                                         seeds[part]),
-                          "final")
+                    final = experiments.per_seed("hinton", experiments.hinton_final(root, picked), seeds[part])
+                    done = phase("hinton", final, "final")
+                    errors = scores(with_metrics(final, done), "student", "errors")
+                    if experiments.hinton_missed(errors, seeds[part]):
+                        phase("hinton", [e for s in experiments.hinton_followups(root, picked)  # factor by factor
+                                         for e in experiments.per_seed("hinton", [s], seeds[part])], "follow-up")
             elif part == "methods":
                 # Pair-budget by pair-budget (MNIST first: cheap), each in the CIFAR study's two phases.
                 for pair in experiments.METHOD_PAIRS:

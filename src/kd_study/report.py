@@ -165,7 +165,30 @@ def hinton_section(runs: list[Run]) -> list[str]:
         lines += [f"Teacher: {teacher[0]:g} errors (Hinton: 67). Distilled students: mean "
                   f"{statistics.fmean(errors):.1f} errors (Hinton: 74); at or below 74: "
                   f"{sum(x <= 74 for x in errors)} of {len(errors)} seeds.", ""]
-    return lines
+    return lines + hinton_followups(of_kind(hinton, "hinton-followup"))
+
+
+HINTON_FACTORS = {"jitter": "student on ±2 px jittered images, 4 soft-label views each",
+                  "se180": "student 180 epochs (true-label student too)",
+                  "fp32": "teacher trained and labelling in fp32"}
+
+
+def hinton_followups(runs: list[Run]) -> list[str]:
+    """The final recipe with one factor changed (docs/hinton-study.md, "If 74 is not reached")."""
+    if not runs:
+        return []
+    lines = ["Follow-ups, since the final students missed 74 errors: the final recipe with one factor "
+             "changed, at the same student seeds (test errors):", ""]
+    rows = []
+    for tag, label in HINTON_FACTORS.items():
+        of_tag = [(e, m) for e, m in runs if e.name.rsplit("-s", 1)[0] == f"hinton-followup-{tag}"]
+        errors = scores(of_tag, "student", "errors")
+        teacher = scores(of_tag, "teacher", "errors")[:1]  # one teacher per factor
+        rows.append([label, _mean(errors, "{:.1f}"),
+                     ", ".join(f"{x:g}" for x in errors), _mean(scores(of_tag, "baseline", "errors"), "{:.1f}"),
+                     f"{teacher[0]:g}" if teacher else ""])
+    return lines + table(["changed", "distilled errors", "per seed", "true-label errors", "teacher errors"],
+                         rows) + [""]
 
 
 def _val_pct(metrics: dict | None, role: str) -> str:
