@@ -6,7 +6,7 @@ from pathlib import Path
 
 from kd.paths import metrics_file
 from kd_study import report_cifar, report_cost, report_gap, report_history, report_methods
-from kd_study.experiments import FAILED, METHOD_SEEDS, OMITTED_DIGIT, Experiment, val_of
+from kd_study.experiments import FAILED, HINTON_FOLLOWUPS, METHOD_SEEDS, OMITTED_DIGIT, Experiment, val_of
 from kd_study.report_plots import plots
 from kd_study.runs import (BEFORE_AND_AFTER_FIX, Run, at_temperature, failed_runs, finished, gain_test, of_kind, of_part, pct,
                            scores, table)
@@ -180,7 +180,8 @@ def hinton_followups(runs: list[Run]) -> list[str]:
     lines = ["Follow-ups, since the final students missed 74 errors: the final recipe with one factor "
              "changed, at the same student seeds (test errors):", ""]
     rows = []
-    for tag, label in HINTON_FACTORS.items():
+    for tag in HINTON_FOLLOWUPS:
+        label = HINTON_FACTORS.get(tag, tag)
         of_tag = [(e, m) for e, m in runs if e.name.rsplit("-s", 1)[0] == f"hinton-followup-{tag}"]
         errors = scores(of_tag, "student", "errors")
         teacher = scores(of_tag, "teacher", "errors")[:1]  # one teacher per factor
