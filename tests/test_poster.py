@@ -21,7 +21,7 @@ from kd_study.experiments import Experiment, PosterError, profile_overrides
 from kd_study.experiments import (BUDGETS, CIFAR_SEEDS, STUDY_TEACHER_EPOCHS, WEAK_TEACHER_EPOCHS, choose,
                                   choose_hinton_student, choose_hinton_teacher, choose_teachers, hinton_final,
                                   hinton_missed, hinton_students, plan, reversed_tuning_runs, study_runs)
-from kd_study.report import verdict, write_report
+from kd_study.report import followup_reading, verdict, write_report
 from kd_study.runs import gain_test, pct
 
 EVALUATION = metrics_file("evaluate").as_posix()
@@ -84,6 +84,11 @@ def test_the_hinton_study_chooses_on_validation_then_trains_on_every_image():
     assert {k: final.overrides[k] for k in picked} == picked
     assert hinton_missed([72, 74, 76], (0, 1, 2)) is False and hinton_missed([73, 74, 76], (0, 1, 2)) is True
     assert hinton_missed([60, 60], (0, 1, 2)) is None  # a seed still running: no follow-ups yet
+    # the design's reading: below the final's mean by more than both standard deviations
+    final = [88, 91, 88]  # 89.0 +/- 1.7
+    assert followup_reading([84, 80, 77], final, 3) == "-8.7 (both std at most 3.5): accounts for part of the gap"
+    assert followup_reading([87, 86, 89], final, 3).endswith("does not account for it")  # -1.7, not > 1.7
+    assert followup_reading([70, 71], final, 3) == "2 of 3 seeds: no reading yet"
 
 
 STUDENT_M, BASELINE_M, TEACHER_M = (metrics_file(r).as_posix() for r in ("student", "baseline", "teacher"))
@@ -502,6 +507,7 @@ def test_the_hinton_study_runs_its_phases_and_follows_up_a_miss_of_74_errors(fak
     assert ("Follow-ups, since the final students missed 74 errors" in report) == followed_up
     if followed_up:  # the same 150, 140, 130 errors: the fake's students ignore the factor
         assert "| student 180 epochs (true-label student too) | 140.0 ± 10.0 | 150, 140, 130 |" in report
+        assert "+0.0 (both std at most 10.0): does not account for it |" in report
     state = json.loads(Path(os.environ["FAKE_DVC_STATE"]).read_text())
     params = {e["name"]: e["params"] for e in state["exps"]}
     final = params["hinton-final-e150-a0.5-se20-s0"]
