@@ -180,14 +180,15 @@ def diverged(root: Path, exps: list[Experiment], shown: list[Shown]) -> dict[str
     return out
 
 
-def run(root: Path, exps: list[Experiment], shown: list[Shown], deadline: float | None = None) -> None:
+def run(root: Path, exps: list[Experiment], shown: list[Shown], deadline: float | None = None) -> list[str]:
     """Queue `exps` and run them with `dvc exp run --run-all` (blocks; one worker, so
     experiments run one at a time and the first to need a teacher trains it for the others:
     two workers would race to train it). A failed experiment is simply not current afterwards.
     `shown`: what `show` says now. With a `deadline` (time.time()), experiments are queued one
-    at a time and none starts after it, so a session can stop without a half-run queue."""
+    at a time and none starts after it, so a session can stop without a half-run queue.
+    Returns the names of those it left unstarted for that reason."""
     if not exps:
-        return
+        return []
     busy = sorted({s.name for s in shown if s.state in BUSY})
     if busy:
         raise PosterError(f"DVC already has queued or running experiments ({', '.join(busy)}): "
@@ -204,13 +205,14 @@ def run(root: Path, exps: list[Experiment], shown: list[Shown], deadline: float 
         if deadline is not None and time.time() >= deadline:
             print(f"poster: the time limit is reached: {len(exps) - done} experiments left for the next run",
                   flush=True)
-            return
+            return [e.name for b in batches[done:] for e in b]
         on = git(root, "rev-parse", "HEAD").stdout.strip()  # the baseline DVC gives what it queues now
         for exp in batch:
             dvc(root, "exp", "run", "--queue", "-n", exp.name, *exp.set_args(), *exp.targets)
         # DVC's own log of every experiment, streamed to ours; it exits 0 even when one failed.
         subprocess.run(["dvc", "exp", "run", "--run-all", "--jobs", "1"], cwd=root)
         wait(root, {e.name for e in batch}, on)
+    return []
 
 
 POLL_S, LOST_S = 30.0, 600.0
