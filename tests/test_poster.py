@@ -6,8 +6,10 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -521,6 +523,25 @@ def test_the_hinton_study_runs_its_phases_and_follows_up_a_miss_of_74_errors(fak
             got = flatten(params[f"hinton-followup-{name}-s0"])
             assert {k: v for k, v in got.items() if flatten(final)[k] != v} == changed
     assert run_poster(["--parts", "hinton"]) == 0 and queued() == set()  # nothing left to run
+
+
+def test_nothing_is_queued_while_the_previous_queue_worker_shuts_down(fake, monkeypatch):
+    """A task queued while DVC's idle worker shuts down can be dropped and followed forever
+    (treeverse/dvc#10398): each experiment is queued only once that worker has exited."""
+    monkeypatch.setattr(dvc_exps, "WORKER_POLL_S", 0.05)
+    info = fake / ".dvc" / "tmp" / "exps" / "celery" / "dvc-exp-worker-1.json"
+    info.parent.mkdir(parents=True)
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    info.write_text(json.dumps({"pid": worker.pid, "stdin": None, "returncode": None}))
+    assert dvc_exps.workers_gone(fake, timeout=0.2) is False  # still up: gives up after the timeout
+    started = time.monotonic()
+    assert run_poster(["--parts", "mnist", "--seeds", "0", "--temperatures", "20", "--hours", "1"]) == 0
+    assert worker.poll() is not None and time.monotonic() - started > 1.0  # it waited for the worker
+    assert queued() == {"mnist-T20-s0", "mnist-omit3-s0"}
+    info.write_text(json.dumps({"pid": os.getpid(), "returncode": 0}))  # exited, as dvc_task records it
+    assert dvc_exps.workers_gone(fake, timeout=0) is True
+    info.write_text("{")  # unreadable: not a worker we could wait for
+    assert dvc_exps.workers_gone(fake, timeout=0) is True
 
 
 def test_an_experiment_still_running_when_run_all_returns_is_waited_for(fake, monkeypatch, capsys):

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from kd.params import flatten
 from kd.yaml_reader import parse_yaml
 from kd_study.experiments import Experiment, PosterError
@@ -206,6 +208,7 @@ def run(root: Path, exps: list[Experiment], shown: list[Shown], deadline: float 
             print(f"poster: the time limit is reached: {len(exps) - done} experiments left for the next run",
                   flush=True)
             return [e.name for b in batches[done:] for e in b]
+        workers_gone(root)
         on = git(root, "rev-parse", "HEAD").stdout.strip()  # the baseline DVC gives what it queues now
         for exp in batch:
             dvc(root, "exp", "run", "--queue", "-n", exp.name, *exp.set_args(), *exp.targets)
@@ -216,6 +219,31 @@ def run(root: Path, exps: list[Experiment], shown: list[Shown], deadline: float 
 
 
 POLL_S, LOST_S = 30.0, 600.0
+WORKER_S, WORKER_POLL_S = 120.0, 1.0
+
+
+def workers_gone(root: Path, timeout: float | None = None) -> bool:
+    """Wait (up to WORKER_S) until the previous experiment's queue worker has exited. DVC's worker
+    stays up about 10 s after its queue empties, and a task queued while it shuts down can be
+    taken by it and dropped: listed as running with no worker, while `dvc exp run --run-all`
+    follows it forever (DVC 3.67.1, seen on 2026-12-07; treeverse/dvc#10398). Each worker is
+    a dvc_task managed process, described by .dvc/tmp/exps/celery/dvc-exp-worker-<n>.json."""
+    end = time.time() + (WORKER_S if timeout is None else timeout)
+    while any(_alive(f) for f in (root / ".dvc" / "tmp" / "exps" / "celery").glob("dvc-exp-worker-*.json")):
+        if time.time() >= end:
+            return False
+        time.sleep(WORKER_POLL_S)
+    return True
+
+
+def _alive(info: Path) -> bool:
+    try:
+        process = json.loads(info.read_text())
+        if process.get("returncode") is not None:
+            return False
+        return psutil.Process(int(process["pid"])).status() != psutil.STATUS_ZOMBIE
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):  # gone, or not a worker's file
+        return False
 
 
 def wait(root: Path, names: set[str], baseline: str) -> None:
