@@ -88,7 +88,7 @@ def test_the_hinton_study_chooses_on_validation_then_trains_on_every_image():
     assert hinton_missed([60, 60], (0, 1, 2)) is None  # a seed still running: no follow-ups yet
     # the design's reading: below the final's mean by more than both standard deviations
     final = [88, 91, 88]  # 89.0 +/- 1.7
-    assert followup_reading([84, 80, 77], final, 3) == "-8.7 (both std at most 3.5): accounts for part of the gap"
+    assert followup_reading([84, 80, 77], final, 3) == "-8.7 (the larger std 3.5): accounts for part of the gap"
     assert followup_reading([87, 86, 89], final, 3).endswith("does not account for it")  # -1.7, not > 1.7
     assert followup_reading([70, 71], final, 3) == "2 of 3 seeds: no reading yet"
 
@@ -513,7 +513,7 @@ def test_the_hinton_study_runs_its_phases_and_follows_up_a_miss_of_74_errors(fak
     assert ("Follow-ups, since the final students missed 74 errors" in report) == followed_up
     if followed_up:  # the same 150, 140, 130 errors: the fake's students ignore the factor
         assert "| student 180 epochs (true-label student too) | 140.0 ± 10.0 | 150, 140, 130 |" in report
-        assert "+0.0 (both std at most 10.0): does not account for it |" in report
+        assert "+0.0 (the larger std 10.0): does not account for it |" in report
     state = json.loads(Path(os.environ["FAKE_DVC_STATE"]).read_text())
     params = {e["name"]: e["params"] for e in state["exps"]}
     final = params["hinton-final-e150-a0.5-se20-s0"]

@@ -204,7 +204,7 @@ def followup_reading(errors: list[float], final: list[float], seeds: int) -> str
     change = statistics.fmean(errors) - statistics.fmean(final)
     margin = max(statistics.stdev(errors), statistics.stdev(final))
     verdict = "accounts for part of the gap" if -change > margin else "does not account for it"
-    return f"{change:+.1f} (both std at most {margin:.1f}): {verdict}"
+    return f"{change:+.1f} (the larger std {margin:.1f}): {verdict}"
 
 
 def _val_pct(metrics: dict | None, role: str) -> str:
