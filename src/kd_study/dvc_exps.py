@@ -208,7 +208,9 @@ def run(root: Path, exps: list[Experiment], shown: list[Shown], deadline: float 
             print(f"poster: the time limit is reached: {len(exps) - done} experiments left for the next run",
                   flush=True)
             return [e.name for b in batches[done:] for e in b]
-        workers_gone(root)
+        if not workers_gone(root):
+            print(f"poster: warning: a DVC queue worker is still up after {WORKER_S:.0f} s; queueing anyway",
+                  flush=True)
         on = git(root, "rev-parse", "HEAD").stdout.strip()  # the baseline DVC gives what it queues now
         for exp in batch:
             dvc(root, "exp", "run", "--queue", "-n", exp.name, *exp.set_args(), *exp.targets)
