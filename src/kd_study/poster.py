@@ -17,7 +17,8 @@ student's setting, then the final models on all 60k images, and if they miss 74 
 the follow-ups that change one factor each. The methods study
 (docs/methods-study.md) per pair-budget: each method's 4 settings at the tuning seed, then the
 chosen one at the evaluation seeds. A failed experiment is listed under "Not run" and the command exits 1;
-one that --hours kept from starting is listed there too, but the command exits 0.
+one that --hours kept from starting, or that --report-only did not run, is listed there too, but the
+command exits 0.
 """
 from __future__ import annotations
 
@@ -197,10 +198,15 @@ def main(argv=None) -> int:
     print(f"poster: wrote {args.out} ({len(found)}/{len(runs)} experiments"
           + (f", {len(runs) - len(found) - unfinished} diverged" if len(runs) - len(found) > unfinished else "")
           + ")")
-    # Experiments that --hours kept from starting are the next run's work, not a failure.
+    # Experiments that --hours kept from starting, or that --report-only was not asked to run, are
+    # the next run's work; one whose run failed on this code and params is a failure either way.
+    if args.report_only:
+        left.update(name for name in missing if name not in
+                    dvc_exps.current(root, [e for e in everything if e.name in missing], shown, state="failed"))
     later = [name for name in missing if name in left]
     if later:
-        print(f"poster: left for the next run: {', '.join(later)}", flush=True)
+        print(f"poster: {'not run yet' if args.report_only else 'left for the next run'}: {', '.join(later)}",
+              flush=True)
     failed = [name for name in missing if name not in left]
     if failed:
         print(f"poster: not run: {', '.join(failed)} (see `dvc queue logs <name>`)", file=sys.stderr)
