@@ -785,6 +785,17 @@ def test_a_diverged_run_is_a_result_not_rerun_and_a_failed_one_runs_again(fake, 
     assert "mnist-omit3-s1" in not_run and "mnist-T20-s1" not in not_run
     assert run_poster() == 1
     assert queued() == {"mnist-omit3-s1"}  # the diverged one is not queued again
+    # It is recorded with how it diverged, so a fresh clone (no failed DVC runs, no queue logs)
+    # neither reruns it nor loses it: a tuning grid there still ranks it last.
+    records = {r["name"]: r for r in map(json.loads, (fake / "reports" / "poster" / "runs.jsonl").read_text().splitlines())}
+    assert records["mnist-T20-s1"]["metrics"] == {"failed": "train_student: loss is nan at epoch 2, batch 188"}
+    assert "mnist-omit3-s1" not in records
+    forget_dvc_experiments(fake)
+    monkeypatch.delenv("FAKE_DVC_DIVERGE")
+    assert run_poster() == 1
+    assert queued() == {"mnist-omit3-s1"}
+    report = (fake / "reports" / "poster.md").read_text()
+    assert "mnist-T20-s1 (train_student: loss is nan at epoch 2, batch 188)" in report.split("## Diverged")[1]
 
 
 def test_a_diverged_tuning_point_ranks_last_and_all_diverged_chooses_nothing():
