@@ -136,6 +136,9 @@ def test_the_cifar_study_picks_a_weaker_teacher_tunes_on_validation_then_runs_10
     study = study_runs(REPO, chosen, weak)
     assert {e.seed for e in study} == set(CIFAR_SEEDS) == set(range(10))
     assert all(e.overrides["teacher.seed"] == e.seed % 2 for e in study)  # 2 teachers, 5 students each
+    # One teacher seed's students first, each seed complete before the next.
+    order = [e.seed for e in study]
+    assert [seed for i, seed in enumerate(order) if i == 0 or seed != order[i - 1]] == [0, 2, 4, 6, 8, 1, 3, 5, 7, 9]
     for kind in ("reversed", "self", "hetero"):
         assert {(e.overrides["student.epochs"], e.seed) for e in study if e.kind == kind} == {
             (b, s) for b in BUDGETS for s in CIFAR_SEEDS}
@@ -560,7 +563,8 @@ def test_an_experiment_still_running_when_run_all_returns_is_waited_for(fake, mo
 
 
 def test_a_report_outside_the_project_is_written(fake, tmp_path):
-    assert run_poster([*SMALL, "--report-only", "--out", str(tmp_path / "elsewhere" / "poster.md")]) == 1
+    # Nothing has run, and it was not asked to run anything: not a failure.
+    assert run_poster([*SMALL, "--report-only", "--out", str(tmp_path / "elsewhere" / "poster.md")]) == 0
     assert "mnist: 0 of 4 experiments finished" in (tmp_path / "elsewhere" / "poster.md").read_text()
 
 
@@ -679,7 +683,9 @@ def test_real_dvc_shares_the_teacher_reuses_and_reports_a_failure(tmp_path):
     sh(["git", "commit", "-qm", "record"], proj)
     sh(["git", "clone", "-q", str(proj), str(tmp_path / "clone")], tmp_path)
     fresh = sh([*cmd, "--report-only"], tmp_path / "clone", env=env, check=False)
-    assert fresh.returncode == 1 and "3 experiments, 2 up to date, 1 to run" in fresh.stdout, fresh.stdout
+    assert "3 experiments, 2 up to date, 1 to run" in fresh.stdout, fresh.stdout
+    # The clone has no record of the failure, only of what finished: the rest is not run yet.
+    assert fresh.returncode == 0 and "poster: not run yet: mnist-omit3-s0" in fresh.stdout, fresh.stdout
     def results(report: Path) -> str:  # the sections after the header (which names the commit)
         return report.read_text().split("\n## ", 1)[1].split("## Not run")[0]
     assert results(tmp_path / "clone" / "reports" / "poster.md") == results(proj / "reports" / "poster.md")
@@ -779,6 +785,17 @@ def test_a_diverged_run_is_a_result_not_rerun_and_a_failed_one_runs_again(fake, 
     assert "mnist-omit3-s1" in not_run and "mnist-T20-s1" not in not_run
     assert run_poster() == 1
     assert queued() == {"mnist-omit3-s1"}  # the diverged one is not queued again
+    # It is recorded with how it diverged, so a fresh clone (no failed DVC runs, no queue logs)
+    # neither reruns it nor loses it: a tuning grid there still ranks it last.
+    records = {r["name"]: r for r in map(json.loads, (fake / "reports" / "poster" / "runs.jsonl").read_text().splitlines())}
+    assert records["mnist-T20-s1"]["metrics"] == {"failed": "train_student: loss is nan at epoch 2, batch 188"}
+    assert "mnist-omit3-s1" not in records
+    forget_dvc_experiments(fake)
+    monkeypatch.delenv("FAKE_DVC_DIVERGE")
+    assert run_poster() == 1
+    assert queued() == {"mnist-omit3-s1"}
+    report = (fake / "reports" / "poster.md").read_text()
+    assert "mnist-T20-s1 (train_student: loss is nan at epoch 2, batch 188)" in report.split("## Diverged")[1]
 
 
 def test_a_diverged_tuning_point_ranks_last_and_all_diverged_chooses_nothing():

@@ -239,7 +239,7 @@ def test_the_section_sums_the_studys_machine_time(tmp_path):
 
 def test_the_driver_plans_the_part_and_reports_what_is_missing(fake, capsys):  # noqa: F811
     shutil.copytree(REPO / "profiles", fake / "profiles")  # the CIFAR pair's base
-    assert run_poster(["--parts", "methods", "--report-only"]) == 1
+    assert run_poster(["--parts", "methods", "--report-only"]) == 0
     report = (fake / "reports" / "poster.md").read_text()
     assert "- methods mnist tuning: 0 of 20 experiments finished (report only)" in report
     assert "- methods hetero-e30 tuning: 0 of 20 experiments finished (report only)" in report
@@ -247,6 +247,7 @@ def test_the_driver_plans_the_part_and_reports_what_is_missing(fake, capsys):  #
     assert "phase 1 (tuning, seed 100): 0 of 60 runs finished" in report
     assert "methods-hetero-e30-dist-g4-s100" in report.split("## Not run")[1]
     assert dvc_calls("exp", "run") == []
+    assert "poster: not run yet: methods-" in capsys.readouterr().out
     # A time limit: nothing starts, and what is left is said.
     assert run_poster(["--parts", "methods", "--hours", "0"]) == 0
     assert dvc_calls("exp", "run") == []

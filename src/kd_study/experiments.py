@@ -399,6 +399,10 @@ def plan(root: Path, parts=PARTS, seeds=SEEDS, temperatures=TEMPERATURES,
 
 def study_runs(root: Path, chosen: dict[str, dict], teachers: dict[int, int | None], seeds=CIFAR_SEEDS,
                profile: str = CIFAR_PROFILE) -> list[Experiment]:
-    """Phase 2 at every seed; student seed k learns from the teacher of `teacher.seed` k % 2."""
+    """Phase 2 at every seed; student seed k learns from the teacher of `teacher.seed` k % 2.
+    The seeds of one teacher seed run together (0, 2, 4, ..., then 1, 3, ...): DVC's run-cache
+    stays with its clone, so an invocation on a fresh clone trains each teacher it needs, and
+    this way it needs one teacher seed's teachers, not both."""
+    seeds = sorted(seeds, key=lambda seed: (seed % TEACHER_SEEDS, seed))
     return [dataclasses.replace(e, overrides={**e.overrides, "teacher.seed": e.seed % TEACHER_SEEDS})
             for e in per_seed("cifar", cifar_study(root, chosen, teachers, profile), seeds)]

@@ -17,12 +17,14 @@ student's setting, then the final models on all 60k images, and if they miss 74 
 the follow-ups that change one factor each. The methods study
 (docs/methods-study.md) per pair-budget: each method's 4 settings at the tuning seed, then the
 chosen one at the evaluation seeds. A failed experiment is listed under "Not run" and the command exits 1;
-one that --hours kept from starting is listed there too, but the command exits 0.
+one that --hours kept from starting, or that --report-only did not run, is listed there too, but the
+command exits 0.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime
 import os
 import shlex
@@ -94,8 +96,9 @@ def main(argv=None) -> int:
             report_only = args.report_only or not named
             budget, part = BUDGET_MIN[part], f"{part} {step}".strip()
             reused = dvc_exps.current(root, exps, shown + recorded)
-            # A run that diverged on this code and params is a result (the worst point of its grid): not rerun.
-            failures.update(dvc_exps.diverged(root, [e for e in exps if e.name not in reused], shown))
+            # A run that diverged on this code and params is a result (the worst point of its grid): not
+            # rerun, and recorded, since DVC's failed runs and their logs stay with the clone.
+            keep_diverged(exps, dvc_exps.diverged(root, [e for e in exps if e.name not in reused], shown))
             todo = [e for e in exps if e.name not in reused and e.name not in failures]
             if named or reused:
                 print(f"poster: {part}: {len(exps)} experiments, {len(reused)} up to date, "
@@ -112,7 +115,7 @@ def main(argv=None) -> int:
             if todo:
                 shown = dvc_exps.show(root)
             ran = dvc_exps.current(root, todo, shown)
-            failures.update(dvc_exps.diverged(root, [e for e in todo if e.name not in ran], shown))
+            keep_diverged(todo, dvc_exps.diverged(root, [e for e in todo if e.name not in ran], shown))
             record.save(record_file, root, dvc_exps.pipeline_code(root), list(ran.values()))
             lines.append(f"- {part}: {len(exps)} experiments, {len(ran)} run now and {len(reused)} reused; "
                          f"wall time {_hm(seconds)} (budget {budget} min)")
@@ -122,6 +125,13 @@ def main(argv=None) -> int:
             return {**reused, **ran}
 
         chosen, failures, left = {}, {}, set()
+
+        def keep_diverged(exps: list[experiments.Experiment], how: dict[str, str]) -> None:
+            """Record each of `exps` that diverged (`how`: name -> how) with its failure as its metrics."""
+            failures.update(how)
+            runs = dvc_exps.current(root, [e for e in exps if e.name in how], shown, state="failed")
+            record.save(record_file, root, dvc_exps.pipeline_code(root),
+                        [dataclasses.replace(run, metrics={experiments.FAILED: how[name]}) for name, run in runs.items()])
 
         def with_metrics(exps, done):
             """(experiment, its metrics), or FAILED with how it diverged, or None while not run."""
@@ -193,14 +203,18 @@ def main(argv=None) -> int:
     write_report(root / args.out, runs, header=header, temperatures=temps, chosen=chosen,
                  commits={run.baseline for run in found.values()}, method_seeds=seeds["methods"])
     missing = [e.name for e, m in runs if m is None and asked[e.part]]
-    unfinished = sum(m is None for _, m in runs)
-    print(f"poster: wrote {args.out} ({len(found)}/{len(runs)} experiments"
-          + (f", {len(runs) - len(found) - unfinished} diverged" if len(runs) - len(found) > unfinished else "")
-          + ")")
-    # Experiments that --hours kept from starting are the next run's work, not a failure.
+    diverged = sum(experiments.failed(m) for _, m in runs)
+    print(f"poster: wrote {args.out} ({sum(m is not None for _, m in runs) - diverged}/{len(runs)} experiments"
+          + (f", {diverged} diverged" if diverged else "") + ")")
+    # Experiments that --hours kept from starting, or that --report-only was not asked to run, are
+    # the next run's work; one whose run failed on this code and params is a failure either way.
+    if args.report_only:
+        left.update(name for name in missing if name not in
+                    dvc_exps.current(root, [e for e in everything if e.name in missing], shown, state="failed"))
     later = [name for name in missing if name in left]
     if later:
-        print(f"poster: left for the next run: {', '.join(later)}", flush=True)
+        print(f"poster: {'not run yet' if args.report_only else 'left for the next run'}: {', '.join(later)}",
+              flush=True)
     failed = [name for name in missing if name not in left]
     if failed:
         print(f"poster: not run: {', '.join(failed)} (see `dvc queue logs <name>`)", file=sys.stderr)
