@@ -235,8 +235,8 @@ def write_report(path: Path, runs: list[Run], *, header: list[str], temperatures
                   "params shown; a tuning grid counts such a point as its worst, and they are not rerun: " +
                   ", ".join(f"{e.name} ({m[FAILED]})" for e, m in diverged), ""]
     if missing:
-        lines += ["## Not run", "", "These experiments failed or did not finish (`dvc queue logs <name>` "
-                  "shows why): " + ", ".join(missing), ""]
+        lines += ["## Not run", "", "These experiments have no result yet: not started yet, or failed or stopped "
+                  "(`dvc queue logs <name>` shows why, in the clone that ran them): " + ", ".join(missing), ""]
     lines += report_cifar.machine_time(path.with_suffix("") / "machine-time.csv", commits)
     lines += report_history.design_changes_section(path)
     lines += earlier_reports(path)
