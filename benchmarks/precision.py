@@ -4,6 +4,8 @@ every registered net, and what `precision: auto` picks here.
     PYTHONPATH=src python benchmarks/precision.py                 # every net but the two large GPU-profile ones
     PYTHONPATH=src python benchmarks/precision.py --quick         # fewer batches
     PYTHONPATH=src python benchmarks/precision.py --nets resnet18 vgg13 --batches 5
+    PYTHONPATH=src python benchmarks/precision.py --nets mlp1200 --dropout 0.5 --input-dropout 0.2 --max-norm 3.5
+                                                                  # the Hinton profile's teacher step
 
 Random uint8 images stand in for the data (speed does not depend on content).
 Conv nets are timed in both memory layouts (contiguous, channels_last), so the
@@ -26,7 +28,7 @@ from kd.losses import LOSSES
 from kd.models import MODELS
 from kd.params import TrainParams
 from kd.inference import predict
-from kd.loop import TensorBatches, make_optimizer
+from kd.loop import TensorBatches, constrain_max_norm, make_optimizer
 
 LARGE = ("resnet18", "vgg13")  # GPU-profile nets: minutes per point on a 2-core CPU
 
@@ -47,8 +49,11 @@ def layout(model: nn.Module, channels_last: bool | None) -> nn.Module:
     return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def train_rate(arch, x, y, batch_size, batches, precision, channels_last, device) -> float:
-    model = layout(new_model(arch, dataset_of(arch)), channels_last).to(device)
+def train_rate(arch, x, y, batch_size, batches, precision, channels_last, device, *,
+               dropout=0.0, input_dropout=0.0, max_norm=None) -> float:
+    model = new_model(arch, dataset_of(arch), dropout=dropout, input_dropout=input_dropout)
+    model = layout(model, channels_last).to(device)
+    model.train()
     cfg = TrainParams(arch=arch, epochs=1, batch_size=batch_size, lr=0.05, schedule="constant")
     opt, _ = make_optimizer(model, cfg, 1)
     jitter = 2 if dataset_of(arch) == "mnist" else 4
@@ -63,6 +68,8 @@ def train_rate(arch, x, y, batch_size, batches, precision, channels_last, device
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if max_norm is not None:
+            constrain_max_norm(model, max_norm)
         seen += len(xb)
         if step == batches + 2:
             break
@@ -86,6 +93,9 @@ def main():
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--eval-images", type=int, default=4000)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--dropout", type=float, default=0.0, help="hidden-layer dropout (MLPs; training step only)")
+    ap.add_argument("--input-dropout", type=float, default=0.0, help="input dropout (MLPs; training step only)")
+    ap.add_argument("--max-norm", type=float, default=None, help="max-norm radius applied after each step")
     ap.add_argument("--quick", action="store_true", help="15 batches, 2000 eval images")
     args = ap.parse_args()
     if args.quick:
@@ -97,7 +107,8 @@ def main():
     device = pick_device()
     print(f"{describe(device)}, native bf16: {native_bf16(device)}, torch {torch.__version__}, "
           f"threads={torch.get_num_threads()}, batch={args.batch_size}, "
-          f"timed train batches={args.batches}, eval images={args.eval_images}")
+          f"timed train batches={args.batches}, eval images={args.eval_images}, dropout={args.dropout}, "
+          f"input dropout={args.input_dropout}, max-norm={args.max_norm}")
     print(f"precision: auto picks {resolve_precision('auto', device)} here "
           f"(cpu_capability={cpu_capability()})")
     print(f"{'net':9s} {'precision':9s} {'layout':14s} {'train img/s':>11s} {'eval img/s':>10s}  bf16/fp32 train")
@@ -108,7 +119,8 @@ def main():
         fp32_best = None
         for precision in ("fp32", "bf16"):
             for cl in ((False, True) if conv else (False,)):
-                tr = train_rate(arch, x[:n], y[:n], args.batch_size, args.batches, precision, cl, device)
+                tr = train_rate(arch, x[:n], y[:n], args.batch_size, args.batches, precision, cl, device,
+                                dropout=args.dropout, input_dropout=args.input_dropout, max_norm=args.max_norm)
                 ev = eval_rate(arch, x[: args.eval_images], precision, cl, device)
                 if precision == "fp32":
                     fp32_best = max(fp32_best or 0, tr)
