@@ -23,7 +23,7 @@ from kd_study.experiments import Experiment, PosterError, profile_overrides
 from kd_study.experiments import (BUDGETS, CIFAR_SEEDS, STUDY_TEACHER_EPOCHS, WEAK_TEACHER_EPOCHS, choose,
                                   choose_hinton_student, choose_hinton_teacher, choose_teachers, hinton_final,
                                   hinton_missed, hinton_students, plan, reversed_tuning_runs, study_runs)
-from kd_study.report import followup_reading, verdict, write_report
+from kd_study.report import followup_reading, followup_summary, verdict, write_report
 from kd_study.runs import gain_test, pct
 
 EVALUATION = metrics_file("evaluate").as_posix()
@@ -91,6 +91,21 @@ def test_the_hinton_study_chooses_on_validation_then_trains_on_every_image():
     assert followup_reading([84, 80, 77], final, 3) == "-8.7 (the larger std 3.5): accounts for part of the gap"
     assert followup_reading([87, 86, 89], final, 3).endswith("does not account for it")  # -1.7, not > 1.7
     assert followup_reading([70, 71], final, 3) == "2 of 3 seeds: no reading yet"
+    # once every factor has its seeds: what the gap is attributable to, and what is left
+    results = {"jitter": ([84, 80, 77], [77, 78, 79]), "longer": ([81, 97, 90], [150, 142, 156]),
+               "fp32": ([92, 98, 92], [146, 158, 149])}
+    assert followup_summary({**results, "fp32": ([92], [146])}, final) is None  # a seed still to run
+    assert followup_summary(results, final) == (
+        "Every follow-up has run. Accounts for part of the gap: jitter (-8.7 errors). Its true-label student "
+        "makes 78.0 errors on the same recipe, no more than the distilled one: the factor helps any student, "
+        "not distillation. Closest to 74: jitter, 80.3 errors; the remaining 6.3 errors are not attributable "
+        "to any factor tested here.")
+    assert followup_summary({"fp32": ([92, 98, 92], [146, 158, 149])}, final).startswith(
+        "Every follow-up has run. None of the factors tested accounts for any of the gap. Closest to 74: the final "
+        "recipe, 89.0 errors; the remaining 15.0")
+    assert followup_summary({"jitter": ([70, 72, 74], [90, 91, 92])}, final) == (
+        "Every follow-up has run. Accounts for part of the gap: jitter (-17.0 errors). "
+        "74 is reached with jitter: 72.0 errors.")
 
 
 STUDENT_M, BASELINE_M, TEACHER_M = (metrics_file(r).as_posix() for r in ("student", "baseline", "teacher"))

@@ -182,17 +182,49 @@ def hinton_followups(runs: list[Run], final: list[float]) -> list[str]:
              "changed, at the same student seeds (test errors). The design's reading: a factor accounts "
              "for part of the gap when its distilled mean is below the final's by more than both standard "
              "deviations.", ""]
-    rows = []
+    rows, results = [], {}
     for tag in HINTON_FOLLOWUPS:
         label = HINTON_FACTORS.get(tag, tag)
         of_tag = [(e, m) for e, m in runs if e.name.rsplit("-s", 1)[0] == f"hinton-followup-{tag}"]
         errors = scores(of_tag, "student", "errors")
         teacher = scores(of_tag, "teacher", "errors")[:1]  # one teacher per factor
+        results[label] = (errors, scores(of_tag, "baseline", "errors"))
         rows.append([label, _mean(errors, "{:.1f}"),
                      ", ".join(f"{x:g}" for x in errors), _mean(scores(of_tag, "baseline", "errors"), "{:.1f}"),
                      f"{teacher[0]:g}" if teacher else "", followup_reading(errors, final, len(final))])
+    summary = followup_summary(results, final)
     return lines + table(["changed", "distilled errors", "per seed", "true-label errors", "teacher errors",
-                          "vs the final's distilled"], rows) + [""]
+                          "vs the final's distilled"], rows) + ([summary, ""] if summary else [])
+
+
+def followup_summary(results: dict[str, tuple[list[float], list[float]]], final: list[float]) -> str | None:
+    """What the gap to 74 is attributable to, once every factor has all its seeds: the factors
+    the design's rule credits, whether a credited factor's own true-label student does as well
+    (then the factor helps any student, not distillation), and what no factor tested explains."""
+    seeds = len(final)
+    if seeds < 2 or not results or any(len(errors) < seeds for errors, _ in results.values()):
+        return None
+    means = {label: statistics.fmean(errors) for label, (errors, _) in results.items()}
+    credited = [label for label, (errors, _) in results.items()
+                if "accounts for part" in followup_reading(errors, final, seeds)]
+    said = ["Every follow-up has run."]
+    if not credited:
+        said.append("None of the factors tested accounts for any of the gap.")
+    for label in credited:
+        change = means[label] - statistics.fmean(final)
+        said.append(f"Accounts for part of the gap: {label} ({change:+.1f} errors).")
+        base = results[label][1]
+        if base and statistics.fmean(base) <= means[label]:
+            said.append(f"Its true-label student makes {statistics.fmean(base):.1f} errors on the same recipe, "
+                        "no more than the distilled one: the factor helps any student, not distillation.")
+    means["the final recipe"] = statistics.fmean(final)
+    best = min(means, key=means.get)
+    if means[best] <= 74:
+        said.append(f"74 is reached with {best}: {means[best]:.1f} errors.")
+    else:
+        said.append(f"Closest to 74: {best}, {means[best]:.1f} errors; the remaining "
+                    f"{means[best] - 74:.1f} errors are not attributable to any factor tested here.")
+    return " ".join(said)
 
 
 def followup_reading(errors: list[float], final: list[float], seeds: int) -> str:
