@@ -189,8 +189,15 @@ def test_the_study_report_gives_intervals_holm_teachers_and_verdicts(tmp_path):
         return {EVALUATION: {"teacher": {"accuracy": teacher},
                              "baseline": {"accuracy": base - (e.kind == "smooth") / 200},
                              "student": {"accuracy": base + gain}}}
-    runs += [(e, metrics(e)) for e in study_runs(REPO, chosen, weak)]
     out = tmp_path / "poster.md"
+    # two seeds at 5 and 10 epochs, one at 30: p where a comparison has two runs, and Holm's
+    # correction not yet (it needs every comparison)
+    write_report(out, runs + [(e, metrics(e)) for e in study_runs(REPO, chosen, weak)
+                              if e.seed == 0 or (e.seed == 2 and "-e30-" not in e.name)],
+                 header=["h"], temperatures=[20], chosen=chosen)
+    claims = out.read_text().split("### The poster's claims")[1].split("\n### ")[0]
+    assert "(Holm pending)" in claims and "(Holm )" not in claims
+    runs += [(e, metrics(e)) for e in study_runs(REPO, chosen, weak)]
     write_report(out, runs, header=["h"], temperatures=[20], chosen=chosen)
     text = out.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| reversed KD, vgg5 -> vgg8 | 30 |"))
