@@ -206,7 +206,7 @@ def followup_summary(results: dict[str, tuple[list[float], list[float]]], final:
         return None
     means = {label: statistics.fmean(errors) for label, (errors, _) in results.items()}
     credited = [label for label, (errors, _) in results.items()
-                if "accounts for part" in followup_reading(errors, final, seeds)]
+                if -_change_and_margin(errors, final)[0] > _change_and_margin(errors, final)[1]]
     said = ["Every follow-up has run."]
     if not credited:
         said.append("None of the factors tested accounts for any of the gap.")
@@ -233,10 +233,15 @@ def followup_reading(errors: list[float], final: list[float], seeds: int) -> str
         return ""
     if len(errors) < seeds or len(final) < 2:
         return f"{len(errors)} of {seeds} seeds: no reading yet"
-    change = statistics.fmean(errors) - statistics.fmean(final)
-    margin = max(statistics.stdev(errors), statistics.stdev(final))
+    change, margin = _change_and_margin(errors, final)
     verdict = "accounts for part of the gap" if -change > margin else "does not account for it"
     return f"{change:+.1f} (the larger std {margin:.1f}): {verdict}"
+
+
+def _change_and_margin(errors: list[float], final: list[float]) -> tuple[float, float]:
+    """The design's rule compares the change in mean errors with the larger of the two stds."""
+    return (statistics.fmean(errors) - statistics.fmean(final),
+            max(statistics.stdev(errors), statistics.stdev(final)))
 
 
 def _val_pct(metrics: dict | None, role: str) -> str:
