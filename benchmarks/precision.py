@@ -102,6 +102,10 @@ def main():
         args.batches, args.eval_images = 15, 2000
     if args.batches < 1 or args.eval_images < 500:
         ap.error("--batches must be at least 1 and --eval-images at least 500")
+    if not (0 <= args.dropout < 1 and 0 <= args.input_dropout < 1):
+        ap.error("--dropout and --input-dropout must be in [0, 1)")
+    if args.max_norm is not None and args.max_norm <= 0:
+        ap.error("--max-norm must be positive")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device()

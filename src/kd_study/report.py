@@ -205,13 +205,15 @@ def followup_summary(results: dict[str, tuple[list[float], list[float]]], final:
     if seeds < 2 or not results or any(len(errors) < seeds for errors, _ in results.values()):
         return None
     means = {label: statistics.fmean(errors) for label, (errors, _) in results.items()}
-    credited = [label for label, (errors, _) in results.items()
-                if -_change_and_margin(errors, final)[0] > _change_and_margin(errors, final)[1]]
+    credited = {}  # label -> change in mean errors, for the factors the design's rule credits
+    for label, (errors, _) in results.items():
+        change, margin = _change_and_margin(errors, final)
+        if -change > margin:
+            credited[label] = change
     said = ["Every follow-up has run."]
     if not credited:
         said.append("None of the factors tested accounts for any of the gap.")
-    for label in credited:
-        change = means[label] - statistics.fmean(final)
+    for label, change in credited.items():
         said.append(f"Accounts for part of the gap: {label} ({change:+.1f} errors).")
         base = results[label][1]
         if base and statistics.fmean(base) <= means[label]:
