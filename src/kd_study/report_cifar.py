@@ -10,7 +10,7 @@ from pathlib import Path
 
 from scipy import stats
 
-from kd_study.experiments import (BUDGETS, CIFAR_FAMILIES, CIFAR_TUNE_SEED, GRID, LONGEST, SMOOTHING,
+from kd_study.experiments import (BUDGETS, CIFAR_FAMILIES, CIFAR_SEEDS, CIFAR_TUNE_SEED, GRID, LONGEST, SMOOTHING,
                                   STUDY_TEACHER_EPOCHS, TEACHER_SEEDS, TUNE_BUDGET, TUNED, WEAK_TEACHER_EPOCHS,
                                   WEAKER_BY, choose_teachers, val_of)
 from kd_study.runs import (Run, by_seed, finished, holm, machine_totals, of_kind, of_part, paired, pct, scores,
@@ -50,10 +50,15 @@ def verdict(g: dict) -> str:
     p, teachers = g.get("holm", math.nan), g.get("teachers", {})
     if math.isnan(p):
         return "not resolved yet (the study's comparisons are not all run, so Holm's correction is pending)"
+    # the rule is for the design's seeds and teachers: an interim p decides nothing, and a
+    # teacher whose runs are missing has no sign to agree or disagree with
+    if g["n"] < len(CIFAR_SEEDS) or len(teachers) < TEACHER_SEEDS:
+        return (f"not resolved yet ({g['n']} of {len(CIFAR_SEEDS)} seeds run, with {len(teachers)} of "
+                f"{TEACHER_SEEDS} teachers; the rule applies once all are in)")
     if p >= LEVEL:
         return f"not resolved at this scale (Holm-adjusted p {_p(p)})"
     sign = 1 if g["mean"] > 0 else -1
-    if len(teachers) < TEACHER_SEEDS or any(sign * m <= 0 for m in teachers.values()):
+    if any(sign * m <= 0 for m in teachers.values()):
         return "not resolved: significant overall, but not the same sign with every teacher"
     return "confirmed" if sign > 0 else "refuted (the effect is negative)"
 
@@ -205,6 +210,9 @@ def budgettable(runs: list[Run]) -> list[str]:
              "wide with 2 teachers, shown, not used for the verdict). Gap: teacher − true-label student test "
              "accuracy, points (negative: the teacher is the weaker model).", ""]
     rows = gain_rows(runs)
+    if any(r["gain"]["n"] < len(CIFAR_SEEDS) for r in rows.values()):
+        lines += [f"Interim: not every cell has its {len(CIFAR_SEEDS)} seeds yet, so p and Holm's p below are "
+                  "interim figures; no verdict is drawn from them.", ""]
     if rows:  # budget_plot draws it then
         lines += ["![KD gain vs budget](poster/cifar-budget.png)", ""]
     out = []
