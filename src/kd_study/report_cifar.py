@@ -251,7 +251,8 @@ def claims(runs: list[Run]) -> list[str]:
 
     def detail(what: dict) -> str:
         nums = fmt_paired(what)
-        return (f"{nums[0]} points over {what['n']} runs, 95% CI {nums[1]}, p {nums[2]} (Holm {_p(what['holm']) or 'pending'}); "
+        holm_p = _p(what["holm"]) or "pending"
+        return (f"{nums[0]} points over {what['n']} runs, 95% CI {nums[1]}, p {nums[2]} (Holm {holm_p}); "
                 f"by teacher {_by_teacher(what['teachers'])}" if what["n"] > 1 else nums[0])
 
     lines = ["### The poster's claims at this scale", "",
