@@ -386,3 +386,25 @@ def test_a_clock_step_does_not_stop_a_stage_whose_dvc_lives(monkeypatch):
     process = psutil.Process(ended.pid)
     ended.wait()
     assert parent_watch._gone(process)
+
+
+def test_a_fork_of_a_stage_dies_of_sigterm_wherever_it_is():
+    """The stage's SIGTERM handler raises Stopped between bytecodes. A fork of it (a decoding
+    worker) must die of the signal at once: one that got it just before it blocked on its
+    pool's lock slept for good, and a CI run's prepare hung 20 min in the pool's join()."""
+    import multiprocessing
+
+    from kd_pipeline import parent_watch
+
+    handlers = parent_watch.stop_on_signals()
+    r, w = os.pipe()
+    try:
+        child = multiprocessing.get_context("fork").Process(target=os.read, args=(r, 1))
+        child.start()  # blocks reading a pipe that nobody writes
+        child.terminate()
+        child.join(30)
+        assert child.exitcode == -signal.SIGTERM  # not 1: Stopped raised in the child
+        assert signal.getsignal(signal.SIGTERM) is parent_watch._raise_stopped  # the stage keeps its own
+    finally:
+        parent_watch.restore_signals(handlers)
+        os.close(r), os.close(w)

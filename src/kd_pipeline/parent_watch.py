@@ -28,15 +28,47 @@ class Stopped(KeyboardInterrupt):
 
 
 _reason: str | None = None  # set by the watcher before it signals the main thread
+_STOPS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_stopped(signum, _frame):
+    raise Stopped(_reason or f"stopped by {signal.Signals(signum).name}", signum)
 
 
 def stop_on_signals() -> dict:
     """SIGTERM and SIGHUP raise Stopped in the main thread, so the stage ends cleanly;
     returns the handlers they had."""
-    def handler(signum, _frame):
-        raise Stopped(_reason or f"stopped by {signal.Signals(signum).name}", signum)
+    return {sig: signal.signal(sig, _raise_stopped) for sig in _STOPS}
 
-    return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+_mask_before_fork: set | None = None
+
+
+def _hold_stops_over_fork() -> None:
+    # CPython drops a signal that reaches the child before it has re-initialised: held
+    # blocked over the fork, it stays pending until the child has its default action.
+    global _mask_before_fork
+    if signal.getsignal(signal.SIGTERM) is _raise_stopped:
+        _mask_before_fork = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+
+
+def _release_stops(in_child: bool) -> None:
+    """A fork of a stage (a worker of the decoding pool) is not the stage: whoever ends it
+    with SIGTERM, its pool's terminate() included, must end it wherever it is. A Python
+    handler runs only between bytecodes, so a worker that got the signal just before it
+    blocked on its pool's queue lock slept there for good, and the stage hung in join()."""
+    global _mask_before_fork
+    if _mask_before_fork is None:
+        return
+    if in_child:
+        for sig in _STOPS:
+            signal.signal(sig, signal.SIG_DFL)
+    mask, _mask_before_fork = _mask_before_fork, None
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+os.register_at_fork(before=_hold_stops_over_fork, after_in_parent=lambda: _release_stops(False),
+                    after_in_child=lambda: _release_stops(True))
 
 
 def restore_signals(handlers: dict) -> None:
@@ -46,7 +78,7 @@ def restore_signals(handlers: dict) -> None:
 
 def ignore_further_stops() -> None:
     """While the stage ends (MLflow, its message), a second signal must not cut that short."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in _STOPS:
         signal.signal(sig, signal.SIG_IGN)
 
 
