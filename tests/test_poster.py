@@ -19,7 +19,7 @@ from conftest import PROJECT_FILES, REPO, need_mirror, sh
 from kd.params import flatten
 from kd.paths import metrics_file
 from kd_study import dvc_exps, poster
-from kd_study.experiments import Experiment, PosterError, profile_overrides
+from kd_study.experiments import FAILED, Experiment, PosterError, profile_overrides
 from kd_study.experiments import (BUDGETS, CIFAR_SEEDS, STUDY_TEACHER_EPOCHS, WEAK_TEACHER_EPOCHS, choose,
                                   choose_hinton_student, choose_hinton_teacher, choose_teachers, hinton_final,
                                   hinton_missed, hinton_students, plan, reversed_tuning_runs, study_runs)
@@ -222,6 +222,14 @@ def test_the_study_report_gives_intervals_holm_teachers_and_verdicts(tmp_path):
     assert (tmp_path / "poster" / "cifar-budget.png").stat().st_size > 1000
     for block in re.findall(r"((?:^\|.*\n)+)", text, flags=re.M):
         assert len({line.count("|") for line in block.splitlines()}) == 1, block
+    # A diverged seeded run is not rerun (docs/cifar-study.md): its cells say so, for good.
+    how = {FAILED: "loss is nan at epoch 2, batch 5"}
+    write_report(out, [(e, how if e.name in ("cifar-self-e10-s3", "cifar-smooth-e30-s4") else m) for e, m in runs],
+                 header=["h"], temperatures=[20], chosen=chosen)
+    claims = out.read_text().split("### The poster's claims")[1]
+    assert re.search(r"Self-KD.*10 epochs, gap [-+0-9.]+: not resolved: cifar-self-e10-s3 diverged", claims)
+    assert claims.count("not resolved: cifar-smooth-e30-s4 diverged") == 2  # against self and reversed KD
+    assert re.search(r"Reversed KD.*30 epochs, gap -6\.50: confirmed", claims)
 
 
 def test_gain_test_separates_signal_from_noise():
@@ -785,6 +793,7 @@ def test_a_cifar_verdict_needs_holm_and_the_same_sign_with_every_teacher():
     assert cifar_verdict({**g, "n": 4}).startswith("not resolved yet (4 of 10 seeds run, with 2 of 2 teachers")
     assert cifar_verdict({**g, "holm": 0.2}).startswith("not resolved at this scale (Holm-adjusted p 0.200)")
     assert "Holm's correction is pending" in cifar_verdict({**g, "holm": float("nan")})
+    assert cifar_verdict({**g, "n": 9, "diverged": ["cifar-self-e5-s3"]}) == "not resolved: cifar-self-e5-s3 diverged"
 
 
 def test_the_hinton_section_reports_each_phase_and_the_final_errors(tmp_path):

@@ -12,7 +12,7 @@ from scipy import stats
 
 from kd_study.experiments import (BUDGETS, CIFAR_FAMILIES, CIFAR_SEEDS, CIFAR_TUNE_SEED, GRID, LONGEST, SMOOTHING,
                                   STUDY_TEACHER_EPOCHS, TEACHER_SEEDS, TUNE_BUDGET, TUNED, WEAK_TEACHER_EPOCHS,
-                                  WEAKER_BY, choose_teachers, val_of)
+                                  WEAKER_BY, choose_teachers, failed, val_of)
 from kd_study.runs import (Run, by_seed, finished, holm, machine_totals, of_kind, of_part, paired, pct, scores,
                            table, val_cell)
 
@@ -45,6 +45,8 @@ def _p(p: float) -> str:
 
 def verdict(g: dict) -> str:
     """docs/cifar-study.md's rule: Holm-adjusted p < 0.05, the sign, and the same sign with each teacher."""
+    if g.get("diverged"):  # that seed's pair never comes (docs/cifar-study.md)
+        return f"not resolved: {', '.join(g['diverged'])} diverged"
     if g["n"] < 2:
         return "not resolved (fewer than 2 seeds run)"
     p, teachers = g.get("holm", math.nan), g.get("teachers", {})
@@ -159,6 +161,10 @@ def _gap(rs: list[Run]) -> float | None:
     return statistics.fmean(gaps) if gaps else None
 
 
+def _diverged(rs: list[Run]) -> list[str]:
+    return sorted(e.name for e, m in rs if failed(m))
+
+
 def comparisons(runs: list[Run]) -> dict[tuple[str, int], dict]:
     """Every comparison of the study: (kind, budget) -> its paired gain with the gap, each teacher's
     mean and Holm's adjustment over all of them (nan until every one has 2 seeds or more); the
@@ -171,14 +177,16 @@ def comparisons(runs: list[Run]) -> dict[tuple[str, int], dict]:
                 student, base = by_seed(rs, "student"), by_seed(rs, "baseline")
                 out[kind, b] = {"student": student, "baseline": base, "gap": _gap(rs),
                                 "teacher_epochs": rs[0][0].overrides.get("teacher.epochs"),
-                                "gain": {**paired(student, base), "teachers": _teacher_means(rs, student, base)}}
+                                "gain": {**paired(student, base), "teachers": _teacher_means(rs, student, base),
+                                         "diverged": _diverged(rs)}}
     ls_runs = setting(runs, f"cifar-smooth-e{LONGEST}")
     ls = by_seed(ls_runs, "baseline")
     for kind in ("self", "reversed"):
         rs = setting(runs, f"cifar-{kind}-e{LONGEST}")
         student = by_seed(rs, "student")
         out[f"smooth-{kind}", LONGEST] = {"student": student, "baseline": ls, "gap": None,
-                                          "gain": {**paired(student, ls), "teachers": _teacher_means(rs, student, ls)}}
+                                          "gain": {**paired(student, ls), "teachers": _teacher_means(rs, student, ls),
+                                                   "diverged": _diverged(rs + ls_runs)}}
     gains = [c["gain"] for c in out.values()]
     adjusted = holm([g["p"] for g in gains]) if gains else []
     for g, h in zip(gains, adjusted):
