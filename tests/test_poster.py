@@ -230,6 +230,12 @@ def test_the_study_report_gives_intervals_holm_teachers_and_verdicts(tmp_path):
     assert re.search(r"Self-KD.*10 epochs, gap [-+0-9.]+: not resolved: cifar-self-e10-s3 diverged", claims)
     assert claims.count("not resolved: cifar-smooth-e30-s4 diverged") == 2  # against self and reversed KD
     assert re.search(r"Reversed KD.*30 epochs, gap -6\.50: confirmed", claims)
+    text = out.read_text()
+    assert "interim figures" not in text  # the diverged seed is not waited for
+    assert "Diverged, not rerun: cifar-self-e10-s3." in text
+    row = next(line.split("|") for line in text.splitlines()
+               if line.startswith("| self-KD") and line.split("|")[2].strip() == "10")
+    assert row[4].strip() == "9"  # the cell is over the 9 seeds that finished
 
 
 def test_gain_test_separates_signal_from_noise():
