@@ -206,6 +206,11 @@ def test_the_study_report_gives_intervals_holm_teachers_and_verdicts(tmp_path):
     bullets = "\n".join(line for line in claims.splitlines() if line.startswith("- "))
     assert not re.search(r"confirmed|refuted|resolved at this scale|same sign with every", bullets)
     assert "p and Holm's p below are interim figures" in text
+    # one cell complete, another not: Holm's p is not final, so no verdict anywhere yet
+    write_report(out, runs + [(e, metrics(e)) for e in study_runs(REPO, chosen, weak) if e.name != "cifar-self-e5-s9"],
+                 header=["h"], temperatures=[20], chosen=chosen)
+    claims = out.read_text().split("### The poster's claims")[1].split("\n### ")[0]
+    assert re.search(r"Reversed KD.*30 epochs, gap -6\.50: not resolved yet \(its seeds are in; Holm's", claims)
     runs += [(e, metrics(e)) for e in study_runs(REPO, chosen, weak)]
     write_report(out, runs, header=["h"], temperatures=[20], chosen=chosen)
     text = out.read_text()

@@ -57,6 +57,8 @@ def verdict(g: dict) -> str:
     if g["n"] < len(CIFAR_SEEDS) or len(teachers) < TEACHER_SEEDS:
         return (f"not resolved yet ({g['n']} of {len(CIFAR_SEEDS)} seeds run, with {len(teachers)} of "
                 f"{TEACHER_SEEDS} teachers; the rule applies once all are in)")
+    if not g.get("holm_final", True):  # Holm's p moves with the other comparisons' p until they are all in
+        return "not resolved yet (its seeds are in; Holm's correction waits for the study's other comparisons)"
     if p >= LEVEL:
         return f"not resolved at this scale (Holm-adjusted p {_p(p)})"
     sign = 1 if g["mean"] > 0 else -1
@@ -189,8 +191,9 @@ def comparisons(runs: list[Run]) -> dict[tuple[str, int], dict]:
                                                    "diverged": _diverged(rs + ls_runs)}}
     gains = [c["gain"] for c in out.values()]
     adjusted = holm([g["p"] for g in gains]) if gains else []
+    final = all(g["n"] + len(g["diverged"]) >= len(CIFAR_SEEDS) for g in gains)
     for g, h in zip(gains, adjusted):
-        g["holm"] = h
+        g["holm"], g["holm_final"] = h, final
         g["random_ci"] = random_teacher_ci(g["teachers"])
     return out
 
