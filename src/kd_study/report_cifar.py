@@ -167,6 +167,12 @@ def _diverged(rs: list[Run]) -> list[str]:
     return sorted(e.name for e, m in rs if failed(m))
 
 
+def _settled(g: dict) -> bool:
+    """Every seed of the comparison is in: paired, or lost to a diverged run (never rerun). Seeds,
+    not runs: the smoothing comparison's student and smoothed run of one seed may both diverge."""
+    return g["n"] + len({name.rsplit("-s", 1)[1] for name in g["diverged"]}) >= len(CIFAR_SEEDS)
+
+
 def comparisons(runs: list[Run]) -> dict[tuple[str, int], dict]:
     """Every comparison of the study: (kind, budget) -> its paired gain with the gap, each teacher's
     mean and Holm's adjustment over all of them (nan until every one has 2 seeds or more); the
@@ -191,7 +197,7 @@ def comparisons(runs: list[Run]) -> dict[tuple[str, int], dict]:
                                                    "diverged": _diverged(rs + ls_runs)}}
     gains = [c["gain"] for c in out.values()]
     adjusted = holm([g["p"] for g in gains]) if gains else []
-    final = all(g["n"] + len(g["diverged"]) >= len(CIFAR_SEEDS) for g in gains)
+    final = all(_settled(g) for g in gains)
     for g, h in zip(gains, adjusted):
         g["holm"], g["holm_final"] = h, final
         g["random_ci"] = random_teacher_ci(g["teachers"])
@@ -222,7 +228,7 @@ def budgettable(runs: list[Run]) -> list[str]:
              "accuracy, points (negative: the teacher is the weaker model).", ""]
     rows = gain_rows(runs)
     # a diverged seed is never rerun (docs/cifar-study.md), so it does not keep its cell waiting
-    if any(r["gain"]["n"] + len(r["gain"]["diverged"]) < len(CIFAR_SEEDS) for r in rows.values()):
+    if not all(_settled(r["gain"]) for r in rows.values()):
         lines += [f"Interim: not every cell has its {len(CIFAR_SEEDS)} seeds yet, so p and Holm's p below are "
                   "interim figures; no verdict is drawn from them.", ""]
     diverged = sorted({name for r in rows.values() for name in r["gain"]["diverged"]})
