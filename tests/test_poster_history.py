@@ -45,7 +45,8 @@ def test_the_committed_design_changes_render_each_designs_own_verdicts():
     entries = report_history.load(REPO / "reports/poster/design-changes.yaml")
     assert [(e["date"], e["study"]) for e in entries] == [("2026-12-01", "cifar"), ("2026-12-06", "methods"),
                                                            ("2026-12-06", "cifar"), ("2026-12-06", "hinton"),
-                                                           ("2026-12-06", "methods"), ("2026-12-08", "cifar")]
+                                                           ("2026-12-06", "methods"), ("2026-12-08", "cifar"),
+                                                           ("2026-12-08", "cifar")]
     report_history.check(REPO / "reports/poster.md")  # every kept copy is explained
     text = "\n".join(report_history.design_changes_section(REPO / "reports/poster.md"))
     assert "the rule was introduced after those results were seen" in text
